@@ -1,0 +1,3 @@
+from .ela_prune_hook import ELAPruneHook
+
+__all__ = ['ELAPruneHook']

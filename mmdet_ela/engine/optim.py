@@ -1,0 +1,46 @@
+"""Keep the optimizer and the DDP wrapper in step with a model that lost parameters."""
+from typing import Iterable, List
+
+import torch.nn as nn
+from mmengine.optim import OptimWrapper, OptimWrapperDict
+from torch.nn.parallel import DistributedDataParallel
+
+
+def drop_parameters(optim_wrapper, removed: Iterable[nn.Parameter]) -> int:
+    """Remove parameters, and their state, from every optimizer of the wrapper.
+
+    Each param group keeps its place even when it becomes empty: with
+    ``paramwise_cfg`` there is one group per parameter, and the LR schedulers and a
+    resumed optimizer state both index the groups by position.
+
+    Returns:
+        int: how many parameter entries were removed.
+    """
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        wrappers: List[OptimWrapper] = list(optim_wrapper.values())
+    elif isinstance(optim_wrapper, OptimWrapper):
+        wrappers = [optim_wrapper]
+    else:  # not built (test/val runs): nothing to update
+        return 0
+    removed_ids = {id(p) for p in removed}
+    count = 0
+    for wrapper in wrappers:
+        optimizer = wrapper.optimizer
+        for group in optimizer.param_groups:
+            kept = [p for p in group['params'] if id(p) not in removed_ids]
+            count += len(group['params']) - len(kept)
+            group['params'] = kept
+        for p in [p for p in optimizer.state if id(p) in removed_ids]:
+            del optimizer.state[p]
+    return count
+
+
+def rewrap_ddp(runner) -> None:
+    """Wrap ``runner.model`` again after its parameters changed (DDP only).
+
+    DDP registers its parameters once; a new wrapper is the supported way to change
+    them, and keeps ``find_unused_parameters=False`` valid.
+    """
+    if isinstance(runner.model, DistributedDataParallel):
+        runner.model = runner.wrap_model(
+            runner.cfg.get('model_wrapper_cfg'), runner.model.module)

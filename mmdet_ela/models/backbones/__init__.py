@@ -1,0 +1,3 @@
+from .ela_resnet import ELAResLayer, ELAResNet
+
+__all__ = ['ELAResLayer', 'ELAResNet']

@@ -1,0 +1,148 @@
+"""The layer-attention unit and its memory, shared by the ELA backbone and neck.
+
+A unit sits after one block (or one pyramid level) of a sequence. It turns the block
+output ``x`` of shape [N, C, H, W] into a query, a key and a value, stores the key and
+value in the sequence's :class:`LayerAttentionMemory`, and retrieves a softmax mixture of
+every value in the memory (its own included). See DESIGN.md section 2.
+"""
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule, constant_init
+from torch import Tensor
+
+
+def eca_kernel_size(channels: int) -> int:
+    """ECA's kernel size: the odd number nearest above |(log2 C + 1) / 2|."""
+    k = int(abs((math.log2(channels) + 1) / 2))
+    return k if k % 2 == 1 else k + 1
+
+
+class LayerAttentionMemory:
+    """Keys and values of the units that already ran in one sequence.
+
+    A fresh memory is made at the first block of every stage (and for every neck pass).
+
+    Attributes:
+        keys (list[Tensor]): each [N, G, d].
+        values (list[Tensor]): each [N, C, H_s, W_s]; sizes may differ along a pyramid.
+    """
+
+    def __init__(self) -> None:
+        self.keys: List[Tensor] = []
+        self.values: List[Tensor] = []
+
+    def append(self, key: Tensor, value: Tensor) -> None:
+        self.keys.append(key)
+        self.values.append(value)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class LayerAttention(BaseModule):
+    """One layer-attention unit: Z = X + DropPath(BN(sum_s A[s] * V_s)).
+
+    ``A = softmax_s(<q, k_s> / sqrt(d))`` per head, over the keys in the memory.
+    The output BN starts with weight 0 and bias 0, so a fresh unit is the identity.
+
+    Args:
+        channels (int): C, the channels of the block output.
+        dim_per_head (int): d; C must be divisible by it. G = C // d heads.
+        norm_cfg (dict): config of the output norm (trainable).
+        drop_path_rate (float): stochastic depth on the attention branch.
+        with_cp (bool): recompute the unit in backward to save memory.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 dim_per_head: int = 32,
+                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 drop_path_rate: float = 0.0,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        if dim_per_head <= 0 or channels % dim_per_head != 0:
+            raise ValueError(
+                f'dim_per_head={dim_per_head} must be a positive divisor of '
+                f'the attention channels ({channels})')
+        self.channels = channels
+        self.dim_per_head = dim_per_head
+        self.num_heads = channels // dim_per_head
+        self.with_cp = with_cp
+        k = eca_kernel_size(channels)
+        self.query = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+        self.key = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+        self.value = nn.Conv2d(
+            channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.norm_name, norm = build_norm_layer(norm_cfg, channels)
+        self.add_module(self.norm_name, norm)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
+            else nn.Identity()
+        # Recording of the attention distribution for redundancy scoring.
+        self.recording = False
+        self.attention: Optional[Tensor] = None
+
+    @property
+    def norm(self) -> nn.Module:
+        return getattr(self, self.norm_name)
+
+    def init_weights(self) -> None:
+        """Run the configured init, then zero the output norm (identity at init)."""
+        super().init_weights()
+        constant_init(self.norm, 0)
+
+    def forward(self, x: Tensor, memory: LayerAttentionMemory) -> Tensor:
+        """Attend over ``memory`` plus this unit, then append this unit to it.
+
+        Args:
+            x (Tensor): block output X_b, [N, C, H, W].
+            memory (LayerAttentionMemory): the earlier units of the sequence.
+
+        Returns:
+            Tensor: Z_b, [N, C, H, W].
+        """
+        if self.with_cp and x.requires_grad:
+            # Non-reentrant checkpoint; pass copies of the memory lists, which
+            # grow after this call and must look the same at recomputation.
+            z, key, value = cp.checkpoint(
+                self._attend, x, list(memory.keys), list(memory.values),
+                use_reentrant=False)
+        else:
+            z, key, value = self._attend(x, memory.keys, memory.values)
+        memory.append(key, value)
+        return z
+
+    def _attend(self, x: Tensor, keys: List[Tensor],
+                values: List[Tensor]) -> tuple:
+        n, c, h, w = x.shape
+        g, d = self.num_heads, self.dim_per_head
+        y = x.mean(dim=(2, 3)).unsqueeze(1)  # [N, 1, C]
+        query = self.query(y).view(n, g, d)
+        key = self.key(y).view(n, g, d)
+        value = self.value(x)  # [N, C, H, W]
+
+        all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
+        logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
+        attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]
+        if self.recording:
+            self.attention = attn.detach()
+
+        # Weighted sum of the values without stacking them: the stored values
+        # are reused as they are, so memory and time grow with S only through
+        # one multiply-add per stored value.
+        weights = attn.repeat_interleave(d, dim=1)  # [N, C, S]
+        weights = weights.view(n, c, -1, 1, 1)
+        out = value * weights[:, :, -1]
+        for s, v in enumerate(values):
+            if v.shape[-2:] != (h, w):
+                v = F.interpolate(v, size=(h, w), mode='nearest')
+            out = torch.addcmul(out, v, weights[:, :, s])
+        return x + self.drop_path(self.norm(out)), key, value

@@ -1,0 +1,3 @@
+from .ela_fpn import ELAFPN
+
+__all__ = ['ELAFPN']

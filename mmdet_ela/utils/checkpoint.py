@@ -1,0 +1,37 @@
+"""Let torch >= 2.6 load mmengine checkpoints with ``weights_only=True``.
+
+torch 2.6 made ``weights_only=True`` the default of ``torch.load``. mmengine 0.10.7
+saves its message hub (``HistoryBuffer`` objects holding numpy arrays) in every
+checkpoint, so ``--resume``, ``load_from`` and ``tools/test.py`` fail with
+``UnpicklingError: Weights only load failed``. Rather than switching the safety off,
+we allow-list exactly the types that mmengine checkpoints hold.
+"""
+from typing import List
+
+import numpy as np
+import torch
+
+
+def _numpy_globals() -> List:
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtype_classes = [type(np.dtype(t)) for t in (
+        np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+        np.uint32, np.uint64, np.float16, np.float32, np.float64,
+        np.complex64, np.complex128, np.str_, np.object_)]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
+def mmengine_checkpoint_types() -> List:
+    """The non-tensor types found in mmengine 0.10.x checkpoints."""
+    from mmengine.logging import HistoryBuffer
+    return [HistoryBuffer, *_numpy_globals()]
+
+
+def allow_mmengine_checkpoint_types() -> None:
+    """Add those types to torch's weights-only unpickler allow-list (idempotent)."""
+    add = getattr(torch.serialization, 'add_safe_globals', None)
+    if add is not None:
+        add(mmengine_checkpoint_types())

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up the mmdet-ela stack in a virtual environment. Safe to run twice.
+#
+#   bash tools/install.sh            # venv at ./.venv (override with ELA_VENV=...)
+#
+# What it installs: torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0 built from its sdist with
+# ops (CUDA ops when nvcc and a CUDA torch are present), mmdet 3.3.0, scipy, pycocotools,
+# and this project in editable mode. The mmcv wheel is cached under
+# ${ELA_CACHE:-~/.cache/mmdet-ela}/wheels so a second run (or a second clone) reuses it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ELA_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3.11}"
+CACHE="${ELA_CACHE:-$HOME/.cache/mmdet-ela}"
+TORCH_SPEC="${ELA_TORCH_SPEC:-torch==2.13.0}"
+STAMP="$VENV/.mmdet-ela-installed"
+
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(sha1sum "$ROOT/tools/install.sh" "$ROOT/setup.py" | sha1sum)" ]; then
+  echo "[install] $VENV is up to date"
+  exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+echo "[install] torch, build tools and mmengine into $VENV"
+pip_install "$TORCH_SPEC"
+# setuptools<82: mmcv's setup.py and mmengine's `mmdet::` config lookup import pkg_resources.
+pip_install "setuptools<82" wheel ninja
+pip_install mmengine==0.10.7
+
+# mmcv 2.1.0 has only an sdist on PyPI; build it once with ops and keep the wheel.
+TAG="$("$PY" -c 'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-" + ("cuda" if torch.version.cuda and torch.cuda.is_available() else "cpu"))')"
+WHEELS="$CACHE/wheels/$TAG"
+if ! "$PY" -c 'import mmcv, mmcv.ops' >/dev/null 2>&1 || [ "$("$PY" -c 'import mmcv; print(mmcv.__version__)')" != "2.1.0" ]; then
+  if ! ls "$WHEELS"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    echo "[install] building mmcv 2.1.0 with ops ($TAG); about 5 min on 2 cores"
+    mkdir -p "$WHEELS"
+    if [[ "$TAG" == *cuda ]]; then export FORCE_CUDA=1; fi
+    # CFLAGS replaces the default debug flags: keep -O3 and -DNDEBUG (19 min -> 5 min, 83 MB -> 2 MB).
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-DNDEBUG -O3 -g0 -fwrapv" \
+      "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps \
+      -w "$WHEELS" mmcv==2.1.0
+  fi
+  pip_install --no-deps "$WHEELS"/mmcv-2.1.0-*.whl
+  pip_install "$(ls "$WHEELS"/mmcv-2.1.0-*.whl)"
+fi
+
+echo "[install] mmdet, scipy, pycocotools, test tools and mmdet-ela"
+pip_install mmdet==3.3.0 scipy pycocotools matplotlib pytest
+pip_install --no-deps --no-build-isolation -e "$ROOT"
+"$PY" -c 'import mmcv.ops, mmdet, mmdet_ela; print("[install] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__)'
+sha1sum "$ROOT/tools/install.sh" "$ROOT/setup.py" | sha1sum > "$STAMP"
