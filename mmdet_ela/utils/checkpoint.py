@@ -6,7 +6,8 @@ checkpoint, so ``--resume``, ``load_from`` and ``tools/test.py`` fail with
 ``UnpicklingError: Weights only load failed``. Rather than switching the safety off,
 we allow-list exactly the types that mmengine checkpoints hold.
 """
-from typing import List
+import pickle
+from typing import Any, List
 
 import numpy as np
 import torch
@@ -24,10 +25,30 @@ def _numpy_globals() -> List:
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
+def history_buffer_getattr(obj: Any, name: str) -> Any:
+    """A ``getattr`` that only fetches HistoryBuffer's statistics methods.
+
+    ``HistoryBuffer.__getstate__`` pickles its registry of statistics methods
+    (``min``, ``max``, ``current``, ``mean``...) as ``getattr(HistoryBuffer, 'min')``.
+    The weights-only unpickler gets this function under the name
+    ``builtins.getattr``; the real ``getattr`` would allow arbitrary code.
+    """
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and (name in HistoryBuffer._statistics_methods
+                                 or name in ('min', 'max', 'current', 'mean')):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f'weights-only load: getattr({obj!r}, {name!r}) is not allowed; '
+        'only HistoryBuffer statistics methods are')
+
+
 def mmengine_checkpoint_types() -> List:
     """The non-tensor types found in mmengine 0.10.x checkpoints."""
     from mmengine.logging import HistoryBuffer
-    return [HistoryBuffer, *_numpy_globals()]
+    return [
+        HistoryBuffer, (history_buffer_getattr, 'builtins.getattr'),
+        *_numpy_globals()
+    ]
 
 
 def allow_mmengine_checkpoint_types() -> None:

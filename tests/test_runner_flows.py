@@ -1,0 +1,152 @@
+"""Real mmengine Runners on a tiny ELA RetinaNet: resume, score -> prune -> train ->
+checkpoint -> resume -> test, pruned checkpoints with the unchanged config, and two
+gloo processes."""
+import glob
+import json
+import os.path as osp
+import subprocess
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+import mmdet_ela  # noqa: F401
+from mmdet_ela.models import count_units, get_masks, unwrap
+from conftest import PYTHON, ROOT, run_env, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _masks_in(path):
+    state = torch.load(path, map_location='cpu')['state_dict']
+    return {k[:-len('.mask')]: [bool(v) for v in t.tolist()]
+            for k, t in state.items() if k.endswith('attn.mask')}
+
+
+def test_resume_plain_training(tiny_shapes, tmp_path):
+    """Save, then resume through the Runner (torch >= 2.6 weights-only load)."""
+    work = str(tmp_path / 'wd')
+    cfg = tiny_config(tiny_shapes, work, max_epochs=1, max_rounds=0)
+    Runner.from_cfg(cfg).train()
+    assert osp.exists(osp.join(work, 'epoch_1.pth'))
+
+    cfg = tiny_config(tiny_shapes, work, max_epochs=2, max_rounds=0)
+    cfg.resume = True
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.epoch == 2
+    ckpt = torch.load(osp.join(work, 'epoch_2.pth'))  # weights_only default
+    assert ckpt['meta']['epoch'] == 2
+    assert ckpt['meta']['iter'] == 2 * 4
+
+
+def test_score_prune_train_resume_test(tiny_shapes, tmp_path):
+    work = str(tmp_path / 'wd')
+    # quantile 0.6 so that a 1-epoch model surely prunes something.
+    cfg = tiny_config(tiny_shapes, work, max_epochs=3, quantile=0.6)
+    runner = Runner.from_cfg(cfg)
+    model = unwrap(runner.model)
+    dense_params = sum(p.numel() for p in model.parameters())
+    runner.train()
+
+    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    assert record['round'] == 1 and record['num_pruned_now'] >= 1
+    assert not glob.glob(osp.join(work, 'ela_prune', 'round_2.json'))
+    mask = get_masks(model)
+    assert mask == record['mask']
+    units = count_units(model)
+    assert units['pruned'] == record['num_pruned_now']
+    pruned_params = sum(p.numel() for p in model.parameters())
+    assert pruned_params < dense_params
+    # The optimizer holds exactly the remaining parameters.
+    opt = runner.optim_wrapper.optimizer
+    held = {id(p) for g in opt.param_groups for p in g['params']}
+    assert held == {id(p) for p in model.parameters()}
+    assert all(id(p) in held for p in opt.state)
+    # The epoch-1 checkpoint was written before validation; the hook re-saved
+    # it with the pruned model, and every later one is pruned too.
+    for e in (1, 2, 3):
+        assert _masks_in(osp.join(work, f'epoch_{e}.pth')) == mask
+    assert torch.load(osp.join(work, 'epoch_1.pth'))['meta']['epoch'] == 1
+
+    # Kill after pruning, then resume from epoch 1: the pruned structure is
+    # restored before model and optimizer load, and training continues.
+    cfg = tiny_config(tiny_shapes, work, max_epochs=3, quantile=0.6)
+    cfg.resume = True
+    cfg.load_from = osp.join(work, 'epoch_1.pth')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.epoch == 3
+    assert get_masks(runner.model) == mask
+    hook = [h for h in runner.hooks if type(h).__name__ == 'ELAPruneHook'][0]
+    assert hook.rounds == 1  # max_rounds=1 already used before the kill
+    assert not glob.glob(osp.join(work, 'ela_prune', 'round_2.json'))
+
+    # tools/test.py on the pruned checkpoint with the unchanged config.
+    cfg_path = osp.join(work, 'tiny.py')
+    cfg.dump(cfg_path)
+    out = subprocess.run(
+        [PYTHON, osp.join(ROOT, 'tools', 'test.py'), cfg_path,
+         osp.join(work, 'epoch_3.pth'), '--work-dir',
+         str(tmp_path / 'test')],
+        capture_output=True, text=True, env=run_env(), cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'coco/bbox_mAP' in out.stdout + out.stderr
+
+
+def test_load_from_pruned_checkpoint(tiny_shapes, tmp_path):
+    """`load_from` a pruned checkpoint into a dense model built from the
+    unchanged config: fine-tuning starts from the pruned structure."""
+    work = str(tmp_path / 'a')
+    cfg = tiny_config(tiny_shapes, work, max_epochs=1, quantile=0.6)
+    Runner.from_cfg(cfg).train()
+    mask = _masks_in(osp.join(work, 'epoch_1.pth'))
+    assert not all(all(m) for m in mask.values())
+
+    cfg = tiny_config(tiny_shapes, str(tmp_path / 'b'), max_epochs=1,
+                      max_rounds=0)
+    cfg.load_from = osp.join(work, 'epoch_1.pth')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert get_masks(runner.model) == mask
+    metrics = runner.test()
+    assert 'coco/bbox_mAP' in metrics
+
+
+def test_ema_hook_is_refused(tiny_shapes, tmp_path):
+    cfg = tiny_config(tiny_shapes, str(tmp_path / 'wd'), max_epochs=1)
+    cfg.custom_hooks.append(dict(type='EMAHook'))
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='EMAHook'):
+        runner.train()
+
+
+def test_two_gloo_processes(tiny_shapes, tmp_path):
+    """The same config on 2 CPU processes through tools/dist_train.sh."""
+    work = str(tmp_path / 'wd')
+    cfg = tiny_config(tiny_shapes, work, max_epochs=2, quantile=0.6)
+    cfg_path = str(tmp_path / 'tiny.py')
+    cfg.dump(cfg_path)
+    env = run_env()
+    env.update(PYTHON=PYTHON, PORT='29517')
+    out = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2',
+         '--work-dir', work],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    assert len(record['rank_masks']) == 2
+    assert record['rank_masks'][0] == record['rank_masks'][1] == \
+        record['mask']
+    assert record['num_pruned_now'] >= 1
+    # Training went on after the DDP wrapper was rebuilt; the final checkpoint
+    # holds the pruned model.
+    assert _masks_in(osp.join(work, 'epoch_2.pth')) == record['mask']
+
+    # Resume on 2 processes from the re-saved, pruned epoch-1 checkpoint.
+    out = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2',
+         '--work-dir', work, '--resume', osp.join(work, 'epoch_1.pth')],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert 'resumed epoch: 1' in out.stdout + out.stderr
