@@ -150,3 +150,22 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert 'resumed epoch: 1' in out.stdout + out.stderr
+
+
+def test_mmdet_packaged_train_py_trains_our_config(tiny_shapes, tmp_path):
+    """mmdet's own tools/train.py (shipped in the wheel) trains our small config
+    unchanged: custom_imports is all it needs."""
+    import mmdet
+    train_py = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
+                        'train.py')
+    work = str(tmp_path / 'wd')
+    cfg = tiny_config(tiny_shapes, work, max_epochs=1, quantile=0.6)
+    cfg_path = str(tmp_path / 'tiny.py')
+    cfg.dump(cfg_path)
+    out = subprocess.run([PYTHON, train_py, cfg_path, '--work-dir', work],
+                         capture_output=True, text=True, env=run_env(),
+                         cwd=ROOT, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert osp.exists(osp.join(work, 'epoch_1.pth'))
+    assert osp.exists(osp.join(work, 'ela_prune', 'round_1.json'))
+    assert 'ELAPruneHook round 1' in out.stdout + out.stderr

@@ -24,7 +24,11 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
-pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+# pip -q still prints a warning per package for this machine's unused local indexes.
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+  return "${PIPESTATUS[0]}"
+}
 
 echo "[install] torch, build tools and mmengine into $VENV"
 pip_install "$TORCH_SPEC"
@@ -33,20 +37,26 @@ pip_install "setuptools<82" wheel ninja
 pip_install mmengine==0.10.7
 
 # mmcv 2.1.0 has only an sdist on PyPI; build it once with ops and keep the wheel.
-TAG="$("$PY" -c 'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-" + ("cuda" if torch.version.cuda and torch.cuda.is_available() else "cpu"))')"
+# CUDA ops when torch is a CUDA build and nvcc is there (a GPU need not be visible).
+WITH_CUDA=0
+if [ -n "$("$PY" -c 'import torch; print(torch.version.cuda or "")')" ] && command -v nvcc >/dev/null 2>&1; then
+  WITH_CUDA=1
+fi
+TAG="$("$PY" -c 'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')-$([ $WITH_CUDA = 1 ] && echo cuda || echo cpu)"
 WHEELS="$CACHE/wheels/$TAG"
 if ! "$PY" -c 'import mmcv, mmcv.ops' >/dev/null 2>&1 || [ "$("$PY" -c 'import mmcv; print(mmcv.__version__)')" != "2.1.0" ]; then
   if ! ls "$WHEELS"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
     echo "[install] building mmcv 2.1.0 with ops ($TAG); about 5 min on 2 cores"
     mkdir -p "$WHEELS"
-    if [[ "$TAG" == *cuda ]]; then export FORCE_CUDA=1; fi
+    if [ $WITH_CUDA = 1 ]; then export FORCE_CUDA=1; fi
     # CFLAGS replaces the default debug flags: keep -O3 and -DNDEBUG (19 min -> 5 min, 83 MB -> 2 MB).
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-DNDEBUG -O3 -g0 -fwrapv" \
       "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps \
-      -w "$WHEELS" mmcv==2.1.0
+      -w "$WHEELS.partial" mmcv==2.1.0 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "[install] mmcv build failed" >&2; exit 1; }
+    mv "$WHEELS.partial"/mmcv-2.1.0-*.whl "$WHEELS"/ && rm -rf "$WHEELS.partial"
   fi
-  pip_install --no-deps "$WHEELS"/mmcv-2.1.0-*.whl
-  pip_install "$(ls "$WHEELS"/mmcv-2.1.0-*.whl)"
+  pip_install "$(ls "$WHEELS"/mmcv-2.1.0-*.whl | head -n1)"
 fi
 
 echo "[install] mmdet, scipy, pycocotools, test tools and mmdet-ela"

@@ -97,9 +97,9 @@ val_evaluator = dict(
     backend_args=backend_args)
 test_evaluator = val_evaluator
 
-max_epochs = 12
+max_epochs = 30
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                 val_interval=2)
+                 val_interval=3)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
@@ -114,11 +114,11 @@ param_scheduler = [
          by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True)
 ]
 
-# Score on the validation round after epoch 4 (attention has learned by then),
+# Score on the validation round after epoch 6 (attention has learned by then),
 # prune, and keep training the smaller model.
-custom_hooks = [dict(type='ELAPruneHook', begin=4, max_rounds=1)]
+custom_hooks = [dict(type='ELAPruneHook', begin=6, max_rounds=1)]
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=2, max_keep_ckpts=2))
+    checkpoint=dict(type='CheckpointHook', interval=3, max_keep_ckpts=2))
 auto_scale_lr = dict(enable=False, base_batch_size=8)

@@ -137,12 +137,15 @@ class LayerAttention(BaseModule):
 
         # Weighted sum of the values without stacking them: the stored values
         # are reused as they are, so memory and time grow with S only through
-        # one multiply-add per stored value.
-        weights = attn.repeat_interleave(d, dim=1)  # [N, C, S]
-        weights = weights.view(n, c, -1, 1, 1)
-        out = value * weights[:, :, -1]
+        # one multiply-add per stored value. Each value is viewed per head as
+        # [N, G, d, H, W] (a view in any memory format, no copy) and the
+        # weights broadcast as [N, G, 1, 1, 1]; no per-channel weight tensor
+        # is built, and the weight gradient is one reduction per value.
+        weights = attn.view(n, g, -1, 1, 1, 1)  # [N, G, S, 1, 1, 1]
+        out = value.unflatten(1, (g, d)) * weights[:, :, -1]
         for s, v in enumerate(values):
             if v.shape[-2:] != (h, w):
                 v = F.interpolate(v, size=(h, w), mode='nearest')
-            out = torch.addcmul(out, v, weights[:, :, s])
+            out = torch.addcmul(out, v.unflatten(1, (g, d)), weights[:, :, s])
+        out = out.flatten(1, 2)  # [N, C, H, W]
         return x + self.drop_path(self.norm(out)), key, value
