@@ -112,6 +112,15 @@ def test_load_from_pruned_checkpoint(tiny_shapes, tmp_path):
     metrics = runner.test()
     assert 'coco/bbox_mAP' in metrics
 
+    # Inference API on the pruned checkpoint with the unchanged config.
+    from mmdet.apis import inference_detector, init_detector
+    detector = init_detector(cfg, osp.join(work, 'epoch_1.pth'),
+                             device='cpu')
+    assert get_masks(detector) == mask
+    image = glob.glob(osp.join(tiny_shapes, 'val', '*.png'))[0]
+    result = inference_detector(detector, image)
+    assert result.pred_instances.bboxes.shape[-1] == 4
+
 
 def test_ema_hook_is_refused(tiny_shapes, tmp_path):
     cfg = tiny_config(tiny_shapes, str(tmp_path / 'wd'), max_epochs=1)
@@ -150,6 +159,15 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert 'resumed epoch: 1' in out.stdout + out.stderr
+
+    # tools/dist_test.sh on 2 processes, pruned checkpoint, unchanged config.
+    out = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), cfg_path,
+         osp.join(work, 'epoch_2.pth'), '2', '--work-dir',
+         str(tmp_path / 'test')],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert 'coco/bbox_mAP' in out.stdout + out.stderr
 
 
 def test_mmdet_packaged_train_py_trains_our_config(tiny_shapes, tmp_path):

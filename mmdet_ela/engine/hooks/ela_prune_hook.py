@@ -128,7 +128,10 @@ class ELAPruneHook(Hook):
             return
         keys = [(name, i) for name, stack in attention_stacks(
             runner.model).items() for i, _ in stack.kept_units()[1:]]
-        self._acc = RedundancyAccumulator(keys)
+        # Accumulate where the attention lives: no host sync per batch, and
+        # NCCL can reduce the sums in place.
+        device = next(unwrap(runner.model).parameters()).device
+        self._acc = RedundancyAccumulator(keys, device=device)
         self._batches = 0
         set_recording(runner.model, True)
 

@@ -1,0 +1,57 @@
+"""The same behaviour on a CUDA device (skipped where there is none)."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+from mmdet.models.backbones import ResNet
+from mmdet.registry import MODELS
+
+import mmdet_ela  # noqa: F401
+from mmdet_ela.models import apply_masks, get_masks, record_attention
+from conftest import tiny_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='needs CUDA')
+
+
+def test_cuda_equivalence_and_backward():
+    torch.manual_seed(0)
+    plain = ResNet(depth=50).cuda().eval()
+    ela = MODELS.build(dict(type='ELAResNet', depth=50))
+    ela.init_weights()
+    ela.load_state_dict(plain.state_dict(), strict=False)
+    ela = ela.cuda().eval()
+    x = torch.rand(2, 3, 128, 128, device='cuda')
+    with torch.no_grad():
+        for a, b in zip(plain(x), ela(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ela.train()
+    sum(o.mean() for o in ela(x)).backward()
+    assert ela.layer3.attn.units['2'].norm.weight.grad.abs().sum() > 0
+
+
+def test_cuda_pruned_state_dict_roundtrip():
+    model = MODELS.build(dict(type='ELAResNet', depth=18)).cuda()
+    model.init_weights()
+    masks = get_masks(model)
+    masks['layer3.attn'][1] = False
+    apply_masks(model, masks)
+    fresh = MODELS.build(dict(type='ELAResNet', depth=18)).cuda()
+    fresh.load_state_dict(model.state_dict())
+    assert get_masks(fresh) == masks
+    with torch.no_grad(), record_attention(fresh):
+        fresh.eval()(torch.rand(1, 3, 64, 64, device='cuda'))
+        assert fresh.layer2.attn.units['1'].attention.is_cuda
+
+
+def test_cuda_runner_prunes(tiny_shapes, tmp_path):
+    from mmengine.runner import Runner
+    work = str(tmp_path / 'wd')
+    cfg = tiny_config(tiny_shapes, work, max_epochs=2, quantile=0.6)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert next(runner.model.parameters()).is_cuda
+    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    assert record['num_pruned_now'] >= 1
+    assert get_masks(runner.model) == record['mask']
