@@ -106,8 +106,7 @@ def plot_kl_heatmap(scores: Mapping[str, Sequence[Optional[float]]],
     fig, ax = _new_axes(ax, (1.2 + 0.55 * grid.shape[1],
                              1.2 + 0.45 * grid.shape[0]))
     masked = np.ma.masked_invalid(grid)
-    cmap = _cmap('viridis')
-    cmap.set_bad(EMPTY_COLOR)
+    cmap = _cmap('viridis').with_extremes(bad=EMPTY_COLOR)
     im = ax.imshow(masked, cmap=cmap, aspect='auto', interpolation='nearest')
     _annotate_grid(ax, grid, '.2g')
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -142,8 +141,7 @@ def plot_pairwise_kl(matrices: Mapping[str, np.ndarray],
                 for i in range(len(names))]
     else:
         fig = axes[0].figure
-    cmap = _cmap('magma')
-    cmap.set_bad(EMPTY_COLOR)
+    cmap = _cmap('magma').with_extremes(bad=EMPTY_COLOR)
     for ax, name in zip(axes, names):
         m = np.asarray(matrices[name], dtype=np.float64)
         ticks = list(units[name]) if units is not None else list(
@@ -202,8 +200,11 @@ def plot_beta_fit(z: Sequence[float],
         ax.scatter(z, cdf, c=list(colors), s=28, zorder=3,
                    edgecolors='black', linewidths=0.4)
         if labels is not None and z.size <= 40:
-            for x, y, text in zip(z, cdf, labels):
-                ax.annotate(text, (x, y), xytext=(3, -9),
+            order = np.argsort(z)
+            for rank, k in enumerate(order):
+                # alternate below / above the point so neighbours do not overlap
+                dy = -9 if rank % 2 == 0 else 4
+                ax.annotate(labels[k], (z[k], cdf[k]), xytext=(4, dy),
                             textcoords='offset points', fontsize=6)
     handles, _ = ax.get_legend_handles_labels()
     handles += [
@@ -286,8 +287,7 @@ def plot_attention(mean_attn: Mapping[str, np.ndarray],
                 for i in range(len(names))]
     else:
         fig = axes[0].figure
-    cmap = _cmap('Blues')
-    cmap.set_bad(EMPTY_COLOR)
+    cmap = _cmap('Blues').with_extremes(bad=EMPTY_COLOR)
     im = None
     for ax, name in zip(axes, names):
         m = np.asarray(mean_attn[name], dtype=np.float64)
@@ -434,17 +434,25 @@ def plot_benchmark(results: Mapping[str, Any]) -> Figure:
     Args:
         results: the JSON dict written by ``tools/analysis/benchmark.py``; uses
             ``results['variants'][name]`` fields ``label``, ``train_ms``,
-            ``infer_ms``, ``peak_mem_mb``, ``flops``, ``params`` and the
-            ``*_ratio`` fields (ratios to the plain ResNet).
+            ``infer_ms``, ``peak_mem_mb`` (or, when present, ``step_rss_mb``),
+            ``flops``, ``params`` and the ``*_ratio`` fields (ratios to the
+            plain ResNet).
     """
     variants = results['variants']
     names = list(variants)
     labels = [variants[n].get('label', n).replace(' (', '\n(') for n in names]
     settings = results.get('settings', {})
+    # On CPU the process peak RSS is mostly libraries: show the step's share.
+    if any(v.get('step_rss_mb') is not None for v in variants.values()):
+        memory = ('step_rss_mb', 'train-step RSS growth (MB)',
+                  'step_rss_ratio')
+    else:
+        memory = ('peak_mem_mb', 'train-step peak memory (MB)',
+                  'peak_mem_ratio')
     panels = [
         ('train_ms', 'train step (ms, median)', 'train_ratio'),
         ('infer_ms', 'inference (ms, median)', 'infer_ratio'),
-        ('peak_mem_mb', 'peak memory (MB)', 'peak_mem_ratio'),
+        memory,
         ('flops', 'GFLOPs per image', 'flops_ratio'),
         ('params', 'parameters (M)', 'params_ratio'),
     ]

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
+from torch.autograd.function import once_differentiable
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, constant_init
@@ -44,6 +45,100 @@ class LayerAttentionMemory:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+class _DepthwiseConvSplitBackward(torch.autograd.Function):
+    """A depthwise convolution whose backward asks for each gradient separately.
+
+    Same maths as ``F.conv2d(x, weight, None, stride, padding, dilation, C)``. On
+    CPU, ``convolution_backward`` of a depthwise convolution is about twice as slow
+    when asked for the input and the weight gradients in one call as when asked for
+    each in its own call (PyTorch 2.x, oneDNN; e.g. [4, 256, 56, 56], 3x3: 17 ms vs
+    4 + 4 ms on one core). Used only for CPU tensors that need gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple, padding: tuple,
+                dilation: tuple) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conv_args = (stride, padding, dilation)
+        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.conv_args
+        # Under autocast the forward ran in grad's dtype: backward does too.
+        args = (grad, x.to(grad.dtype), weight.to(grad.dtype), None,
+                list(stride), list(padding), list(dilation), False, [0, 0],
+                x.shape[1])
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                *args, [True, False, False])[0].to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                *args, [False, True, False])[1].to(weight.dtype)
+        return grad_x, grad_w, None, None, None
+
+
+def _mix(attn: Tensor, values: List[Tensor]) -> Tensor:
+    """``out = sum_s attn[:, :, s] * values[s]`` per head, accumulated in place.
+
+    Args:
+        attn (Tensor): [N, G, S], the attention weights.
+        values (list[Tensor]): S tensors [N, C, H, W] (C = G * d), in memory order.
+
+    Returns:
+        Tensor: [N, C, H, W].
+
+    The values are viewed per head as [N, G, d, H, W] (a view in any memory format,
+    no copy) and the weights broadcast as [N, G, 1, 1, 1]: nothing is stacked or
+    copied, and time grows with S only through one multiply-add per value.
+    """
+    n, g, _ = attn.shape
+    d = values[-1].shape[1] // g
+    weights = attn.view(n, g, -1, 1, 1, 1)  # [N, G, S, 1, 1, 1]
+    out = values[-1].unflatten(1, (g, d)) * weights[:, :, -1]
+    for s, v in enumerate(values[:-1]):
+        out.addcmul_(v.unflatten(1, (g, d)), weights[:, :, s])
+    return out.flatten(1, 2)
+
+
+class _WeightedSumOverMemory(torch.autograd.Function):
+    """:func:`_mix` with a hand-written backward (same maths, fewer passes).
+
+    PyTorch's derivative of ``addcmul`` first multiplies the full [N, C, H, W]
+    value by the scalar ``value`` (1), i.e. three full-size products per stored
+    value. Here there are two: ``grad_v_s = grad * a_s`` and
+    ``grad_a_s = sum(grad * v_s)`` over (d, H, W). The gradients equal autograd's
+    through :func:`_mix` (bitwise in our CPU checks). Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, attn: Tensor, *values: Tensor) -> Tensor:
+        ctx.save_for_backward(attn, *values)
+        return _mix(attn, list(values))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple:
+        attn, *values = ctx.saved_tensors
+        n, g, _ = attn.shape
+        d = values[-1].shape[1] // g
+        grad = grad.unflatten(1, (g, d))  # [N, G, d, H, W]
+        weights = attn.view(n, g, -1, 1, 1, 1)
+        grad_attn = None
+        if ctx.needs_input_grad[0]:
+            grad_attn = torch.stack(
+                [(grad * v.unflatten(1, (g, d))).sum(dim=(2, 3, 4))
+                 for v in values], dim=-1)  # [N, G, S]
+        grad_values = [
+            (grad * weights[:, :, s]).flatten(1, 2)
+            if ctx.needs_input_grad[s + 1] else None
+            for s in range(len(values))
+        ]
+        return (grad_attn, *grad_values)
 
 
 class LayerAttention(BaseModule):
@@ -120,14 +215,26 @@ class LayerAttention(BaseModule):
         memory.append(key, value)
         return z
 
+    def _value(self, x: Tensor) -> Tensor:
+        """v = dwconv3x3(x), [N, C, H, W]; see :class:`_DepthwiseConvSplitBackward`."""
+        conv = self.value
+        if (x.device.type == 'cpu' and torch.is_grad_enabled()
+                and (x.requires_grad or conv.weight.requires_grad)
+                and not torch.jit.is_tracing()):
+            return _DepthwiseConvSplitBackward.apply(
+                x, conv.weight, conv.stride, conv.padding, conv.dilation)
+        return conv(x)
+
     def _attend(self, x: Tensor, keys: List[Tensor],
                 values: List[Tensor]) -> tuple:
         n, c, h, w = x.shape
         g, d = self.num_heads, self.dim_per_head
-        y = x.mean(dim=(2, 3)).unsqueeze(1)  # [N, 1, C]
+        # GAP as sum / (H W): same values as mean, but its backward is a
+        # broadcast view, not a materialised [N, C, H, W] tensor.
+        y = (x.sum(dim=(2, 3)) / (h * w)).unsqueeze(1)  # [N, 1, C]
         query = self.query(y).view(n, g, d)
         key = self.key(y).view(n, g, d)
-        value = self.value(x)  # [N, C, H, W]
+        value = self._value(x)  # [N, C, H, W]
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
         logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
@@ -135,17 +242,14 @@ class LayerAttention(BaseModule):
         if self.recording:
             self.attention = attn.detach()
 
-        # Weighted sum of the values without stacking them: the stored values
-        # are reused as they are, so memory and time grow with S only through
-        # one multiply-add per stored value. Each value is viewed per head as
-        # [N, G, d, H, W] (a view in any memory format, no copy) and the
-        # weights broadcast as [N, G, 1, 1, 1]; no per-channel weight tensor
-        # is built, and the weight gradient is one reduction per value.
-        weights = attn.view(n, g, -1, 1, 1, 1)  # [N, G, S, 1, 1, 1]
-        out = value.unflatten(1, (g, d)) * weights[:, :, -1]
-        for s, v in enumerate(values):
-            if v.shape[-2:] != (h, w):
-                v = F.interpolate(v, size=(h, w), mode='nearest')
-            out = torch.addcmul(out, v.unflatten(1, (g, d)), weights[:, :, s])
-        out = out.flatten(1, 2)  # [N, C, H, W]
+        # Weighted sum of the values, without stacking them (see _mix).
+        values = [v if v.shape[-2:] == (h, w) else
+                  F.interpolate(v, size=(h, w), mode='nearest')
+                  for v in values] + [value]
+        if (torch.is_grad_enabled() and not torch.jit.is_tracing()
+                and (attn.requires_grad or any(v.requires_grad
+                                               for v in values))):
+            out = _WeightedSumOverMemory.apply(attn, *values)
+        else:  # inference, and FLOP counting by tracing: plain ops
+            out = _mix(attn, values)  # [N, C, H, W]
         return x + self.drop_path(self.norm(out)), key, value
