@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_cuda_equivalence_and_backward():
     torch.manual_seed(0)
-    plain = ResNet(depth=50).cuda().eval()
+    plain = ResNet(depth=50).cuda()
+    plain.eval()  # mmdet's ResNet.train() returns None: do not chain
     ela = MODELS.build(dict(type='ELAResNet', depth=50))
     ela.init_weights()
     ela.load_state_dict(plain.state_dict(), strict=False)
