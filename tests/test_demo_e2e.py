@@ -26,13 +26,13 @@ def test_short_demo_learns_and_prunes(tmp_path, monkeypatch):
     import demo
     args = demo.parse_args([
         '--work-dir', str(tmp_path / 'demo'), '--data-root',
-        str(tmp_path / 'shapes'), '--num-train', '160', '--num-val', '40',
-        '--epochs', '9', '--prune-after', '3'
+        str(tmp_path / 'shapes'), '--num-train', '200', '--num-val', '40',
+        '--epochs', '15', '--prune-after', '3'
     ])
     summary = demo.run_demo(args)
     untrained = _untrained_map(args)
     print('untrained mAP', untrained, 'trained', summary)
-    assert summary['bbox_mAP'] >= 0.02
+    assert summary['bbox_mAP'] >= 0.03
     assert summary['bbox_mAP'] > 5 * untrained
     assert summary['units_pruned'] >= 1
     assert summary['params_final'] < summary['params_dense']
