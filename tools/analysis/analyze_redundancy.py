@@ -48,8 +48,7 @@ import math
 import os
 import os.path as osp
 import re
-import sys
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

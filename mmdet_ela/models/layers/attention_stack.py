@@ -2,7 +2,6 @@
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 from mmengine.model import BaseModule, ModuleDict
 from torch import Tensor
 
