@@ -170,3 +170,31 @@ def test_stacks_are_found_in_detector():
     assert names == [f'backbone.layer{i}.attn' for i in range(1, 5)] + [
         'neck.attn'
     ]
+
+
+def test_corrupted_checkpoint_is_refused_clearly(tmp_path):
+    import subprocess
+
+    from conftest import PYTHON, ROOT, run_env
+    from mmdet_ela.utils import check_checkpoint_file
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': _backbone().state_dict()}, good)
+    check_checkpoint_file(str(good))
+    data = good.read_bytes()
+    bad = tmp_path / 'epoch_3.pth'
+    bad.write_bytes(data[:len(data) // 2])  # a save cut short
+    with pytest.raises(ValueError, match='epoch_3.pth.*corrupted'):
+        check_checkpoint_file(str(bad))
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF  # a flipped byte inside a tensor
+    (tmp_path / 'flipped.pth').write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match='corrupted'):
+        check_checkpoint_file(str(tmp_path / 'flipped.pth'))
+    with pytest.raises(FileNotFoundError):
+        check_checkpoint_file(str(tmp_path / 'missing.pth'))
+    out = subprocess.run(
+        [PYTHON, 'tools/test.py',
+         'configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py', str(bad)],
+        capture_output=True, text=True, env=run_env(), cwd=ROOT)
+    assert out.returncode != 0
+    assert 'is corrupted' in out.stderr

@@ -16,7 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401  (registers ELA modules, checkpoint types)
-from mmdet_ela.utils import setup_distributed
+from mmdet_ela.utils import check_checkpoint_file, setup_distributed
 
 
 def parse_args():
@@ -61,6 +61,7 @@ def main():
     from mmdet.evaluation import DumpDetResults
 
     args = parse_args()
+    check_checkpoint_file(args.checkpoint)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:

@@ -13,7 +13,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401  (registers ELA modules, checkpoint types)
-from mmdet_ela.utils import setup_distributed
+from mmdet_ela.utils import check_checkpoint_file, setup_distributed
 
 
 def parse_args():
@@ -81,6 +81,7 @@ def build_train_cfg(args) -> Config:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
+        check_checkpoint_file(args.resume)
         cfg.resume = True
         cfg.load_from = args.resume
     return cfg

@@ -56,3 +56,32 @@ def allow_mmengine_checkpoint_types() -> None:
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:
         add(mmengine_checkpoint_types())
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Fail early, and clearly, on a missing, truncated or corrupted checkpoint.
+
+    torch checkpoints are zip archives; this reads every member's CRC without
+    unpickling anything. Non-local paths (URLs, ``torchvision://``...) are left to
+    mmengine's loaders.
+    """
+    import os
+    import zipfile
+    if '://' in path:
+        return
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    reason = None
+    if not zipfile.is_zipfile(path):
+        reason = 'not a torch zip archive (truncated, or not a checkpoint)'
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                reason = f'member {bad!r} fails its CRC check'
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            reason = str(err)
+    if reason:
+        raise ValueError(f'checkpoint {path!r} is corrupted: {reason}. '
+                         'Use another checkpoint (e.g. the previous epoch).')
