@@ -221,3 +221,47 @@ def test_iteration_based_loop(tiny_shapes, tmp_path):
     runner.train()
     assert runner.iter == 8
     assert get_masks(runner.model) == record['mask']
+
+
+FAKE_SRUN = '''#!/usr/bin/env bash
+# Stand-in for slurm's srun on one machine: starts --ntasks copies of the command
+# with the SLURM_* variables srun sets, and fails if any copy fails.
+n=1
+while [[ "$1" == -* ]]; do
+  case "$1" in --ntasks=*) n=${1#--ntasks=};; -p) shift;; esac
+  shift
+done
+pids=()
+for ((r = 0; r < n; r++)); do
+  SLURM_PROCID=$r SLURM_LOCALID=$r SLURM_NTASKS=$n SLURM_NODELIST=localhost \\
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 "$@" &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait $p || rc=1; done
+exit $rc
+'''
+
+
+def test_slurm_train_sh_on_cpu(tiny_shapes, tmp_path):
+    """tools/slurm_train.sh with GPUS_PER_NODE=0: two CPU tasks (gloo) through
+    the slurm launcher path (srun replaced by a local stand-in)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    srun = bin_dir / 'srun'
+    srun.write_text(FAKE_SRUN)
+    srun.chmod(0o755)
+    work = str(tmp_path / 'wd')
+    cfg = tiny_config(tiny_shapes, work, max_epochs=1, quantile=0.6)
+    cfg_path = str(tmp_path / 'tiny.py')
+    cfg.dump(cfg_path)
+    env = run_env()
+    env.update(PATH=f'{bin_dir}:{env["PATH"]}', PYTHON=PYTHON, GPUS='2',
+               GPUS_PER_NODE='0', TASKS_PER_NODE='2')
+    out = subprocess.run(
+        ['bash', 'tools/slurm_train.sh', 'cpu', 'ela', cfg_path, work],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    assert len(record['rank_masks']) == 2
+    assert record['rank_masks'][0] == record['rank_masks'][1]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Usage: [GPUS=8] bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
-# Set GPUS_PER_NODE=0 to run CPU-only tasks (gloo) on a partition without GPUs.
+# For CPU-only partitions set GPUS_PER_NODE=0 (and TASKS_PER_NODE, default 1): the
+# tasks then train on the CPU with the gloo backend.
 set -x
 
 PARTITION=$1
@@ -9,13 +10,17 @@ CONFIG=$3
 WORK_DIR=$4
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-TASKS_PER_NODE=${TASKS_PER_NODE:-${GPUS_PER_NODE}}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=${@:5}
 PYTHON=${PYTHON:-python}
-GRES=""
-if [ "${GPUS_PER_NODE}" != "0" ]; then GRES="--gres=gpu:${GPUS_PER_NODE}"; else TASKS_PER_NODE=${TASKS_PER_NODE/#0/1}; fi
+if [ "${GPUS_PER_NODE}" = "0" ]; then
+    GRES=""
+    TASKS_PER_NODE=${TASKS_PER_NODE:-1}
+else
+    GRES="--gres=gpu:${GPUS_PER_NODE}"
+    TASKS_PER_NODE=${TASKS_PER_NODE:-${GPUS_PER_NODE}}
+fi
 
 PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
 srun -p ${PARTITION} \
