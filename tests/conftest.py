@@ -58,6 +58,14 @@ def tiny_config(data_root: str, work_dir: str, max_epochs: int = 2,
     return cfg
 
 
+def free_port() -> str:
+    """A TCP port that nothing listens on now (for the gloo rendezvous)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return str(sock.getsockname()[1])
+
+
 def run_env() -> dict:
     env = dict(os.environ)
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')

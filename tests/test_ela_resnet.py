@@ -158,6 +158,8 @@ def test_options_build_and_run():
         dict(depth=50, deep_stem=True, avg_down=True),
         dict(depth=18, stage_with_attention=(False, True, False, True)),
         dict(depth=50, drop_path_rate=0.1),
+        dict(depth=50, num_stages=3, out_indices=(2, ), strides=(1, 2, 2),
+             dilations=(1, 1, 1)),
         dict(depth=50, zero_init_residual=False, dim_per_head=64),
         dict(
             depth=50,

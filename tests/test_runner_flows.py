@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401
 from mmdet_ela.models import count_units, get_masks, unwrap
-from conftest import PYTHON, ROOT, run_env, tiny_config
+from conftest import PYTHON, ROOT, free_port, run_env, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +112,23 @@ def test_load_from_pruned_checkpoint(tiny_shapes, tmp_path):
     metrics = runner.test()
     assert 'coco/bbox_mAP' in metrics
 
+    # A backbone init_cfg that points at a pruned checkpoint prunes the model
+    # after the optimizer was built: the hook brings the optimizer in step.
+    cfg = tiny_config(tiny_shapes, str(tmp_path / 'c'), max_epochs=1,
+                      max_rounds=0)
+    cfg.model.backbone.init_cfg = dict(
+        type='Pretrained', checkpoint=osp.join(work, 'epoch_1.pth'),
+        prefix='backbone.')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    backbone_masks = {k: v for k, v in mask.items()
+                      if k.startswith('backbone.')}
+    assert {k: v for k, v in get_masks(runner.model).items()
+            if k.startswith('backbone.')} == backbone_masks
+    opt = runner.optim_wrapper.optimizer
+    assert {id(p) for g in opt.param_groups for p in g['params']} == \
+        {id(p) for p in runner.model.parameters()}
+
     # Inference API on the pruned checkpoint with the unchanged config.
     from mmdet.apis import inference_detector, init_detector
     detector = init_detector(cfg, osp.join(work, 'epoch_1.pth'),
@@ -137,7 +154,7 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
     cfg_path = str(tmp_path / 'tiny.py')
     cfg.dump(cfg_path)
     env = run_env()
-    env.update(PYTHON=PYTHON, PORT='29517')
+    env.update(PYTHON=PYTHON, PORT=free_port())
     out = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2',
          '--work-dir', work],
@@ -153,6 +170,7 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
     assert _masks_in(osp.join(work, 'epoch_2.pth')) == record['mask']
 
     # Resume on 2 processes from the re-saved, pruned epoch-1 checkpoint.
+    env['PORT'] = free_port()
     out = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2',
          '--work-dir', work, '--resume', osp.join(work, 'epoch_1.pth')],
@@ -161,6 +179,7 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
     assert 'resumed epoch: 1' in out.stdout + out.stderr
 
     # tools/dist_test.sh on 2 processes, pruned checkpoint, unchanged config.
+    env['PORT'] = free_port()
     out = subprocess.run(
         ['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), cfg_path,
          osp.join(work, 'epoch_2.pth'), '2', '--work-dir',
@@ -234,7 +253,7 @@ done
 pids=()
 for ((r = 0; r < n; r++)); do
   SLURM_PROCID=$r SLURM_LOCALID=$r SLURM_NTASKS=$n SLURM_NODELIST=localhost \\
-    MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 "$@" &
+    MASTER_ADDR=127.0.0.1 "$@" &
   pids+=($!)
 done
 rc=0
@@ -257,6 +276,7 @@ def test_slurm_train_sh_on_cpu(tiny_shapes, tmp_path):
     cfg.dump(cfg_path)
     env = run_env()
     env.update(PATH=f'{bin_dir}:{env["PATH"]}', PYTHON=PYTHON, GPUS='2',
+               MASTER_PORT=free_port(),
                GPUS_PER_NODE='0', TASKS_PER_NODE='2')
     out = subprocess.run(
         ['bash', 'tools/slurm_train.sh', 'cpu', 'ela', cfg_path, work],

@@ -1,9 +1,19 @@
 """Keep the optimizer and the DDP wrapper in step with a model that lost parameters."""
 from typing import Iterable, List
 
+import torch
 import torch.nn as nn
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from torch.nn.parallel import DistributedDataParallel
+
+
+def optimizers(optim_wrapper) -> List[torch.optim.Optimizer]:
+    """The torch optimizers inside an OptimWrapper(Dict); [] if not built."""
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        return [w.optimizer for w in optim_wrapper.values()]
+    if isinstance(optim_wrapper, OptimWrapper):
+        return [optim_wrapper.optimizer]
+    return []  # a config dict: test/val runs build no optimizer
 
 
 def drop_parameters(optim_wrapper, removed: Iterable[nn.Parameter]) -> int:
@@ -16,16 +26,9 @@ def drop_parameters(optim_wrapper, removed: Iterable[nn.Parameter]) -> int:
     Returns:
         int: how many parameter entries were removed.
     """
-    if isinstance(optim_wrapper, OptimWrapperDict):
-        wrappers: List[OptimWrapper] = list(optim_wrapper.values())
-    elif isinstance(optim_wrapper, OptimWrapper):
-        wrappers = [optim_wrapper]
-    else:  # not built (test/val runs): nothing to update
-        return 0
     removed_ids = {id(p) for p in removed}
     count = 0
-    for wrapper in wrappers:
-        optimizer = wrapper.optimizer
+    for optimizer in optimizers(optim_wrapper):
         for group in optimizer.param_groups:
             kept = [p for p in group['params'] if id(p) not in removed_ids]
             count += len(group['params']) - len(kept)

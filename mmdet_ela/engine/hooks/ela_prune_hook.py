@@ -7,13 +7,14 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from mmdet.registry import HOOKS
 from mmengine import dist
+from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook, EMAHook, Hook
 from mmengine.runner import EpochBasedTrainLoop
 
 from ...models.pruning import (apply_masks, attention_stacks, count_units,
                                get_masks, set_recording, unwrap)
 from ...redundancy import RedundancyAccumulator, ebqm_select
-from ..optim import drop_parameters, rewrap_ddp
+from ..optim import drop_parameters, optimizers as _optimizers, rewrap_ddp
 
 
 @HOOKS.register_module()
@@ -43,7 +44,9 @@ class ELAPruneHook(Hook):
             validation batches of a round (per process); None = all.
     """
 
-    priority = 'NORMAL'
+    # After CheckpointHook (VERY_LOW): a best checkpoint saved for this round
+    # holds the model that was evaluated; our re-save then prunes epoch_N.pth.
+    priority = 'LOWEST'
 
     def __init__(self,
                  begin: int = 1,
@@ -106,6 +109,23 @@ class ELAPruneHook(Hook):
 
     def before_train(self, runner) -> None:
         self._in_training = True
+        self._sync_optimizer_and_ddp(runner)
+
+    def _sync_optimizer_and_ddp(self, runner) -> None:
+        """Catch up with pruning that happened outside this hook.
+
+        A pruned checkpoint loaded through a backbone ``init_cfg`` (Pretrained)
+        prunes the model after the optimizer and the DDP wrapper were built.
+        """
+        alive = {id(p) for p in unwrap(runner.model).parameters()}
+        stale = [p for w in _optimizers(runner.optim_wrapper)
+                 for g in w.param_groups for p in g['params']
+                 if id(p) not in alive]
+        if stale:
+            drop_parameters(runner.optim_wrapper, stale)
+        wrapped = getattr(runner.model, '_module_parameters', None)
+        if wrapped is not None and {id(p) for p in wrapped} != alive:
+            rewrap_ddp(runner)
 
     def after_train(self, runner) -> None:
         self._in_training = False
@@ -222,24 +242,33 @@ class ELAPruneHook(Hook):
                           if isinstance(h, CheckpointHook)), None)
         if ckpt_hook is None or ckpt_hook.last_ckpt is None:
             return
-        name = ckpt_hook.filename_tmpl.format(self._progress(runner))
+        step = runner.epoch if ckpt_hook.by_epoch else runner.iter
+        name = ckpt_hook.filename_tmpl.format(step)
         if osp.basename(ckpt_hook.last_ckpt) != name:
             return  # no checkpoint was written for this step
-        out_dir = osp.dirname(ckpt_hook.last_ckpt)
-        tmp_name = name + '.ela_tmp'
-        runner.save_checkpoint(
-            out_dir,
-            tmp_name,
-            save_optimizer=ckpt_hook.save_optimizer,
-            save_param_scheduler=ckpt_hook.save_param_scheduler,
-            meta=dict(epoch=runner.epoch, iter=runner.iter),
-            by_epoch=isinstance(runner.train_loop, EpochBasedTrainLoop),
-            backend_args=ckpt_hook.backend_args)
-        if dist.is_main_process():
-            os.replace(osp.join(out_dir, tmp_name), osp.join(out_dir, name))
-            runner.logger.info(f'ELAPruneHook: re-saved {name} with the '
-                               'pruned model')
-        dist.barrier()
+        out_dir = ckpt_hook.last_ckpt[:-len(name)].rstrip('/')
+        # On a local disk: a temporary file, then an atomic rename, so an
+        # interrupted save never replaces a good checkpoint. Other backends
+        # (e.g. s3) are written in place, as mmengine itself does.
+        local = isinstance(ckpt_hook.file_backend, LocalBackend)
+        try:
+            runner.save_checkpoint(
+                out_dir,
+                name + '.ela_tmp' if local else name,
+                save_optimizer=ckpt_hook.save_optimizer,
+                save_param_scheduler=ckpt_hook.save_param_scheduler,
+                meta=dict(epoch=runner.epoch, iter=runner.iter),
+                by_epoch=ckpt_hook.by_epoch,
+                backend_args=ckpt_hook.backend_args)
+            if dist.is_main_process():
+                if local:
+                    os.replace(
+                        osp.join(out_dir, name + '.ela_tmp'),
+                        osp.join(out_dir, name))
+                runner.logger.info(f'ELAPruneHook: re-saved {name} with the '
+                                   'pruned model')
+        finally:
+            dist.barrier()
 
     # ------------------------------------------------------------- logging
     def _log(self, runner, record: dict) -> None:

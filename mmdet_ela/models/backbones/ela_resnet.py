@@ -64,8 +64,8 @@ class ELAResNet(ResNet):
         depth (int): 18, 34, 50, 101 or 152.
         dim_per_head (int): channels per attention head. Must divide the output
             channels of every stage that carries attention. Default: 32.
-        stage_with_attention (Sequence[bool]): which stages carry attention units.
-            Default: all four.
+        stage_with_attention (Sequence[bool], optional): which stages carry
+            attention units. Default: all of them.
         drop_path_rate (float): stochastic depth on the attention branches, rising
             linearly from 0 to this value over all units. Default: 0.
         attn_norm_cfg (dict, optional): norm of the attention outputs. Default: the
@@ -84,12 +84,13 @@ class ELAResNet(ResNet):
     def __init__(self,
                  depth: int,
                  dim_per_head: int = 32,
-                 stage_with_attention: Sequence[bool] = (True, True, True,
-                                                         True),
+                 stage_with_attention: Optional[Sequence[bool]] = None,
                  drop_path_rate: float = 0.0,
                  attn_norm_cfg: Optional[dict] = None,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
+        if stage_with_attention is None:
+            stage_with_attention = (True, ) * num_stages
         self._check_args(depth, num_stages, kwargs, dim_per_head,
                          stage_with_attention, drop_path_rate)
         super().__init__(depth, **kwargs)

@@ -242,6 +242,9 @@ class LayerAttention(BaseModule):
         if self.recording:
             self.attention = attn.detach()
 
+        # Under autocast softmax runs in fp32: mix in the values' dtype so the
+        # attention branch does not keep fp32 activations.
+        attn = attn.to(value.dtype)
         # Weighted sum of the values, without stacking them (see _mix).
         values = [v if v.shape[-2:] == (h, w) else
                   F.interpolate(v, size=(h, w), mode='nearest')
