@@ -94,13 +94,28 @@ def test_mismatched_mask_is_refused():
                             for n, m in get_masks(model).items()})
 
 
-def test_optimizer_follows_pruning_and_keeps_momentum():
-    model = _backbone()
-    wrapper = build_optim_wrapper(
+def _paramwise_sgd(model):
+    """SGD with momentum and paramwise_cfg: one param group per parameter."""
+    return build_optim_wrapper(
         model,
         dict(
             optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
             paramwise_cfg=dict(norm_decay_mult=0.0)))
+
+
+def _prune_with_optimizer(model, wrapper, masks):
+    """Prune ``model`` to ``masks`` and drop the removed parameters from the
+    optimizer. Returns (removed parameters, count drop_parameters reported)."""
+    before = list(model.parameters())
+    apply_masks(model, masks)
+    alive = {id(p) for p in model.parameters()}
+    removed = [p for p in before if id(p) not in alive]
+    return removed, drop_parameters(wrapper, removed)
+
+
+def test_optimizer_follows_pruning_and_keeps_momentum():
+    model = _backbone()
+    wrapper = _paramwise_sgd(model)
     n_groups = len(wrapper.optimizer.param_groups)
     assert n_groups == len(list(model.parameters()))  # one group per param
     loss = sum(o.mean() for o in model(torch.rand(2, 3, 64, 64)))
@@ -108,11 +123,9 @@ def test_optimizer_follows_pruning_and_keeps_momentum():
     kept_param = model.layer1[0].conv1.weight
     momentum = wrapper.optimizer.state[kept_param]['momentum_buffer'].clone()
 
-    before = list(model.parameters())
-    apply_masks(model, _some_mask(model))
+    removed, count = _prune_with_optimizer(model, wrapper, _some_mask(model))
     alive = {id(p) for p in model.parameters()}
-    removed = [p for p in before if id(p) not in alive]
-    assert drop_parameters(wrapper, removed) == len(removed) > 0
+    assert count == len(removed) > 0
     opt = wrapper.optimizer
     assert len(opt.param_groups) == n_groups
     held = {id(p) for g in opt.param_groups for p in g['params']}
@@ -125,16 +138,8 @@ def test_optimizer_follows_pruning_and_keeps_momentum():
 
     # A fresh dense optimizer pruned the same way loads the saved state.
     fresh_model = _backbone()
-    fresh = build_optim_wrapper(
-        fresh_model,
-        dict(
-            optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
-            paramwise_cfg=dict(norm_decay_mult=0.0)))
-    fresh_before = list(fresh_model.parameters())
-    apply_masks(fresh_model, get_masks(model))
-    fresh_alive = {id(p) for p in fresh_model.parameters()}
-    drop_parameters(fresh, [p for p in fresh_before
-                            if id(p) not in fresh_alive])
+    fresh = _paramwise_sgd(fresh_model)
+    _prune_with_optimizer(fresh_model, fresh, get_masks(model))
     fresh.load_state_dict(wrapper.state_dict())
 
 

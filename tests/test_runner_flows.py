@@ -212,13 +212,19 @@ def test_iteration_based_loop(tiny_shapes, tmp_path):
     """Iteration-based training: scoring after iteration `begin`, the iteration
     checkpoint re-saved with the pruned model, resume from it."""
     work = str(tmp_path / 'wd')
-    cfg = tiny_config(tiny_shapes, work, quantile=0.6, begin=4)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=8,
-                         val_interval=4)
-    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=4,
-                                        by_epoch=False)
-    cfg.log_processor = dict(by_epoch=False)
+
+    def iter_config():
+        cfg = tiny_config(tiny_shapes, work, quantile=0.6, begin=4)
+        cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=8,
+                             val_interval=4)
+        cfg.train_dataloader.sampler = dict(type='InfiniteSampler',
+                                            shuffle=True)
+        cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=4,
+                                            by_epoch=False)
+        cfg.log_processor = dict(by_epoch=False)
+        return cfg
+
+    cfg = iter_config()
     runner = Runner.from_cfg(cfg)
     runner.train()
     record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
@@ -227,13 +233,7 @@ def test_iteration_based_loop(tiny_shapes, tmp_path):
     assert ckpt['meta']['iter'] == 4
     assert _masks_in(osp.join(work, 'iter_4.pth')) == record['mask']
 
-    cfg = tiny_config(tiny_shapes, work, quantile=0.6, begin=4)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=8,
-                         val_interval=4)
-    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=4,
-                                        by_epoch=False)
-    cfg.log_processor = dict(by_epoch=False)
+    cfg = iter_config()
     cfg.resume = True
     cfg.load_from = osp.join(work, 'iter_4.pth')
     runner = Runner.from_cfg(cfg)

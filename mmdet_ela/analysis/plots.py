@@ -122,6 +122,15 @@ def _cmap(name: str):
     return matplotlib.colormaps[name].copy()
 
 
+def _row_of_axes(n: int, width: float, height: float,
+                 axes: Optional[Sequence[Axes]] = None):
+    """``(figure, axes)``: the given axes, or a new figure with n side by side."""
+    if axes is not None:
+        return axes[0].figure, axes
+    fig = Figure(figsize=(width * max(n, 1), height), layout='constrained')
+    return fig, [fig.add_subplot(1, max(n, 1), i + 1) for i in range(n)]
+
+
 def plot_pairwise_kl(matrices: Mapping[str, np.ndarray],
                      units: Optional[Mapping[str, Sequence[int]]] = None,
                      axes: Optional[Sequence[Axes]] = None) -> Figure:
@@ -134,13 +143,7 @@ def plot_pairwise_kl(matrices: Mapping[str, np.ndarray],
         axes: one Axes per stack to draw into; default a new figure.
     """
     names = list(matrices)
-    if axes is None:
-        fig = Figure(figsize=(3.2 * max(len(names), 1), 3.2),
-                     layout='constrained')
-        axes = [fig.add_subplot(1, max(len(names), 1), i + 1)
-                for i in range(len(names))]
-    else:
-        fig = axes[0].figure
+    fig, axes = _row_of_axes(len(names), 3.2, 3.2, axes)
     cmap = _cmap('magma').with_extremes(bad=EMPTY_COLOR)
     for ax, name in zip(axes, names):
         m = np.asarray(matrices[name], dtype=np.float64)
@@ -280,13 +283,7 @@ def plot_attention(mean_attn: Mapping[str, np.ndarray],
         axes: one Axes per stack; default a new figure.
     """
     names = list(mean_attn)
-    if axes is None:
-        fig = Figure(figsize=(3.0 * max(len(names), 1), 3.1),
-                     layout='constrained')
-        axes = [fig.add_subplot(1, max(len(names), 1), i + 1)
-                for i in range(len(names))]
-    else:
-        fig = axes[0].figure
+    fig, axes = _row_of_axes(len(names), 3.0, 3.1, axes)
     cmap = _cmap('Blues').with_extremes(bad=EMPTY_COLOR)
     im = None
     for ax, name in zip(axes, names):

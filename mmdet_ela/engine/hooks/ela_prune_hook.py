@@ -112,10 +112,12 @@ class ELAPruneHook(Hook):
         self._sync_optimizer_and_ddp(runner)
 
     def _sync_optimizer_and_ddp(self, runner) -> None:
-        """Catch up with pruning that happened outside this hook.
+        """Make the optimizer and the DDP wrapper hold exactly the model's parameters.
 
-        A pruned checkpoint loaded through a backbone ``init_cfg`` (Pretrained)
-        prunes the model after the optimizer and the DDP wrapper were built.
+        Called after this hook prunes, and in ``before_train`` for pruning that
+        happened elsewhere: a pruned checkpoint loaded through a backbone
+        ``init_cfg`` (Pretrained) prunes the model after the optimizer and the DDP
+        wrapper were built.
         """
         alive = {id(p) for p in unwrap(runner.model).parameters()}
         stale = [p for w in _optimizers(runner.optim_wrapper)
@@ -223,8 +225,7 @@ class ELAPruneHook(Hook):
         apply_masks(model, masks)
         after = {id(p) for p in model.parameters()}
         removed = [p for p in before if id(p) not in after]
-        drop_parameters(runner.optim_wrapper, removed)
-        rewrap_ddp(runner)
+        self._sync_optimizer_and_ddp(runner)
         units = count_units(model)
         runner.logger.info(
             f'ELAPruneHook: pruned to {units["kept"]}/{units["total"]} '
