@@ -1,12 +1,15 @@
 """mmdet-ela: Efficient Layer Attention for MMDetection 3.x.
 
-Importing this package registers ``ELAResNet``, ``ELAFPN`` and ``ELAPruneHook`` in
-mmdet's registries (use ``custom_imports = dict(imports=['mmdet_ela'])`` in a config)
-and lets torch >= 2.6 load mmengine checkpoints with ``weights_only=True``.
+Importing this package registers ``ELAResNet``, ``ELAFPN`` and ``ELAPruneHook``
+in mmdet's registries (use ``custom_imports = dict(imports=['mmdet_ela'])`` in
+a config) and makes mmengine's loader of local checkpoints use
+``weights_only=True`` with a fixed allow-list of the types mmengine
+checkpoints hold, only during those loads (see ``mmdet_ela.utils.safe_load``).
+torch's own allow-list is left unchanged.
 """
-from .utils import allow_mmengine_checkpoint_types
+from .utils import register_safe_local_loader
 
-allow_mmengine_checkpoint_types()
+register_safe_local_loader()
 
 from . import engine, models  # noqa: E402,F401  (registers the modules)
 

@@ -12,7 +12,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmdet_ela  # noqa: F401  (registers ELA modules, checkpoint types)
+import mmdet_ela  # noqa: F401  (registers ELA modules, safe loading)
 from mmdet_ela.utils import check_checkpoint_file, setup_distributed
 
 

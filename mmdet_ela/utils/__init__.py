@@ -1,9 +1,14 @@
-from .checkpoint import (allow_mmengine_checkpoint_types,
-                         check_checkpoint_file)
+from .checkpoint import (check_checkpoint_file, load_checkpoint_file,
+                         register_safe_local_loader, safe_local_loader)
 from .dist import ELADistributedDataParallel, setup_distributed
+from .safe_load import (STATISTICS_METHODS, UnsafeCheckpointError,
+                        mmengine_checkpoint_globals,
+                        mmengine_checkpoint_loading)
 
 __all__ = [
-    'allow_mmengine_checkpoint_types', 'check_checkpoint_file',
-    'ELADistributedDataParallel',
-    'setup_distributed'
+    'check_checkpoint_file', 'load_checkpoint_file',
+    'register_safe_local_loader', 'safe_local_loader',
+    'ELADistributedDataParallel', 'setup_distributed', 'STATISTICS_METHODS',
+    'UnsafeCheckpointError', 'mmengine_checkpoint_globals',
+    'mmengine_checkpoint_loading'
 ]
