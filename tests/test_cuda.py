@@ -4,15 +4,15 @@ import os.path as osp
 
 import pytest
 import torch
+from conftest import tiny_config
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
 import mmdet_ela  # noqa: F401
-from mmdet_ela.models import apply_masks, get_masks, record_attention
-from conftest import tiny_config
+from mmdet_ela.pruning import apply_masks, get_masks, record_attention
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason='needs CUDA')
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs CUDA')
 
 
 def test_cuda_equivalence_and_backward():

@@ -3,9 +3,8 @@ import json
 import os.path as osp
 
 import pytest
-from mmengine.runner import Runner
-
 from conftest import ROOT
+from mmengine.runner import Runner
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +24,8 @@ def test_short_demo_learns_and_prunes(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(osp.join(ROOT, 'tools'))
     import demo
     args = demo.parse_args([
-        '--work-dir', str(tmp_path / 'demo'), '--data-root',
+        '--work-dir',
+        str(tmp_path / 'demo'), '--data-root',
         str(tmp_path / 'shapes'), '--num-train', '200', '--num-val', '40',
         '--epochs', '15', '--prune-after', '3'
     ])
@@ -37,8 +37,8 @@ def test_short_demo_learns_and_prunes(tmp_path, monkeypatch):
     assert summary['units_pruned'] >= 1
     assert summary['params_final'] < summary['params_dense']
     assert osp.exists(summary['checkpoint'])
-    record = json.load(open(osp.join(summary['prune_records'],
-                                     'round_1.json')))
+    record = json.load(
+        open(osp.join(summary['prune_records'], 'round_1.json')))
     assert record['progress'] == 3
     assert json.load(open(osp.join(args.work_dir, 'demo_summary.json'))) \
         == summary

@@ -36,14 +36,17 @@ def test_layout_and_coco(tiny: Dict[str, str]) -> None:
     coco_mod = pytest.importorskip('pycocotools.coco')
     for split, num in (('train', 6), ('val', 3)):
         coco = coco_mod.COCO(tiny[f'{split}_ann'])
-        assert [c['id'] for c in coco.loadCats(coco.getCatIds())] == [1, 2, 3, 4]
-        assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
+        assert [c['id']
+                for c in coco.loadCats(coco.getCatIds())] == [1, 2, 3, 4]
+        assert [c['name']
+                for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
         img_ids = coco.getImgIds()
         assert len(img_ids) == num
         for img_info in coco.loadImgs(img_ids):
             path = osp.join(tiny[f'{split}_img_dir'], img_info['file_name'])
             with Image.open(path) as img:
-                assert img.size == (img_info['width'], img_info['height']) == (96, 96)
+                assert img.size == (img_info['width'],
+                                    img_info['height']) == (96, 96)
                 assert img.mode == 'RGB'
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img_info['id']))
             assert 1 <= len(anns) <= 6
@@ -55,9 +58,11 @@ def test_layout_and_coco(tiny: Dict[str, str]) -> None:
                 assert ann['area'] > 0
                 poly = np.array(ann['segmentation'][0]).reshape(-1, 2)
                 np.testing.assert_allclose(poly.min(0), [x, y], atol=1e-3)
-                np.testing.assert_allclose(poly.max(0), [x + w, y + h], atol=1e-3)
+                np.testing.assert_allclose(
+                    poly.max(0), [x + w, y + h], atol=1e-3)
     meta = json.loads(Path(tiny['meta']).read_text())
-    assert meta['seed'] == 0 and meta['num_train'] == 6 and meta['num_val'] == 3
+    assert meta['seed'] == 0
+    assert meta['num_train'] == 6 and meta['num_val'] == 3
 
 
 def test_masks_match_area(tiny: Dict[str, str]) -> None:
@@ -66,18 +71,25 @@ def test_masks_match_area(tiny: Dict[str, str]) -> None:
     coco = coco_mod.COCO(tiny['train_ann'])
     for ann in coco.loadAnns(coco.getAnnIds()):
         mask = coco.annToMask(ann)
-        assert abs(float(mask.sum()) - ann['area']) <= max(0.1 * ann['area'], 8), ann['id']
+        assert abs(float(mask.sum()) - ann['area']) <= max(
+            0.1 * ann['area'], 8), ann['id']
 
 
 def test_classes_and_scales(tmp_path: Path) -> None:
     """A slightly larger set has every class and a range of object sizes."""
-    paths = make_shapes_dataset(str(tmp_path), num_train=30, num_val=0, img_size=96,
-                                seed=1, progress=False)
+    paths = make_shapes_dataset(
+        str(tmp_path),
+        num_train=30,
+        num_val=0,
+        img_size=96,
+        seed=1,
+        progress=False)
     data = json.loads(Path(paths['train_ann']).read_text())
     assert {a['category_id'] for a in data['annotations']} == {1, 2, 3, 4}
     extents = [max(a['bbox'][2:]) for a in data['annotations']]
     assert min(extents) < 20 and max(extents) > 35
-    assert len({len(a['segmentation'][0]) for a in data['annotations']}) == 4  # 64, 4, 3, 10 points
+    assert len({len(a['segmentation'][0])
+                for a in data['annotations']}) == 4  # 64, 4, 3, 10 points
     assert json.loads(Path(paths['val_ann']).read_text())['images'] == []
 
 
@@ -86,13 +98,14 @@ def test_deterministic(tmp_path: Path, tiny: Dict[str, str]) -> None:
     again = make_shapes_dataset(str(tmp_path / 'a'), **TINY)
     assert _read_tree(again['root']) == _read_tree(tiny['root'])
     other = make_shapes_dataset(str(tmp_path / 'b'), **dict(TINY, seed=1))
-    assert Path(other['train_ann']).read_bytes() != Path(tiny['train_ann']).read_bytes()
+    assert Path(other['train_ann']).read_bytes() != Path(
+        tiny['train_ann']).read_bytes()
     first = osp.join('train', '000000.png')
     assert _read_tree(other['root'])[first] != _read_tree(tiny['root'])[first]
 
 
 def test_skip_or_regenerate(tmp_path: Path) -> None:
-    """An existing dataset with the same parameters is kept; other parameters rewrite it."""
+    """A dataset with the same parameters is kept; others rewrite it."""
     params = dict(num_train=3, num_val=2, img_size=64, seed=0, progress=False)
     paths = make_shapes_dataset(str(tmp_path), **params)
     stamp = os.stat(paths['train_ann']).st_mtime_ns
@@ -100,7 +113,8 @@ def test_skip_or_regenerate(tmp_path: Path) -> None:
     make_shapes_dataset(str(tmp_path), **params)
     assert os.stat(paths['train_ann']).st_mtime_ns == stamp - 10**9
     make_shapes_dataset(str(tmp_path), **dict(params, num_train=2))
-    assert sorted(os.listdir(paths['train_img_dir'])) == ['000000.png', '000001.png']
+    assert sorted(os.listdir(
+        paths['train_img_dir'])) == ['000000.png', '000001.png']
     assert json.loads(Path(paths['meta']).read_text())['num_train'] == 2
 
 
@@ -115,14 +129,17 @@ def test_mmdet_coco_dataset(tiny: Dict[str, str]) -> None:
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
         metainfo=dict(classes=CLASSES),
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='LoadAnnotations', with_bbox=True)])
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadAnnotations', with_bbox=True)
+        ])
     assert len(dataset) == 6
     for i in range(len(dataset)):
         item = dataset[i]
         assert item['img'].shape == (96, 96, 3)
-        boxes = item['gt_bboxes'].tensor.numpy() if hasattr(item['gt_bboxes'], 'tensor') \
-            else np.asarray(item['gt_bboxes'])
+        boxes = item['gt_bboxes']
+        boxes = boxes.tensor.numpy() if hasattr(boxes, 'tensor') \
+            else np.asarray(boxes)
         assert len(boxes) == len(item['gt_bboxes_labels']) >= 1
         assert boxes.min() >= 0 and boxes.max() <= 96
         assert set(item['gt_bboxes_labels'].tolist()) <= {0, 1, 2, 3}

@@ -1,4 +1,5 @@
-# ELA-ResNet-50 backbone + mmdet's plain FPN, COCO 1x, from torchvision ImageNet weights.
+# ELA-ResNet-50 backbone + mmdet's plain FPN, COCO 1x, from torchvision
+# ImageNet weights.
 _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['mmdet_ela'], allow_failed_imports=False)

@@ -1,5 +1,6 @@
-# A small ELA RetinaNet that trains on a laptop CPU in minutes, on the synthetic
-# shapes dataset that `tools/misc/make_shapes_dataset.py` makes (data/shapes).
+# A small ELA RetinaNet that trains on a laptop CPU in minutes, on the
+# synthetic shapes dataset that `tools/misc/make_shapes_dataset.py` makes
+# (data/shapes).
 # ELA-ResNet-18 (half width) + ELA FPN, trained from scratch (no downloads).
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
@@ -98,8 +99,8 @@ val_evaluator = dict(
 test_evaluator = val_evaluator
 
 max_epochs = 30
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                 val_interval=3)
+train_cfg = dict(
+    type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=3)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
@@ -108,10 +109,15 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10, norm_type=2))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=100),
-    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5,
-         by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True)
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs,
+        eta_min=1e-5,
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        convert_to_iter_based=True)
 ]
 
 # Score on the validation round after epoch 6 (attention has learned by then),

@@ -1,10 +1,10 @@
 """A small, deterministic synthetic object-detection dataset in COCO format.
 
 Each image has a textured background (gradients, stripes, smooth noise, soft
-blobs, clutter lines, pixel noise) and 1-6 filled shapes of four classes. Colours
-come from one palette shared by every class and by the backgrounds, and objects
-may be filled with the same kind of texture as the background, so a detector has
-to learn shape rather than colour.
+blobs, clutter lines, pixel noise) and 1-6 filled shapes of four classes.
+Colours come from one palette shared by every class and by the backgrounds, and
+objects may be filled with the same kind of texture as the background, so a
+detector has to learn shape rather than colour.
 
 Annotations are amodal: ``segmentation`` is the exact polygon that was drawn
 (circles are drawn as 64-gons), ``bbox`` its bounding box and ``area`` its
@@ -38,21 +38,35 @@ GENERATOR_VERSION = 1
 
 #: Colours (RGB) shared by every class and by the backgrounds.
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
-    (250, 190, 190), (0, 128, 128), (170, 110, 40), (128, 0, 0),
-    (128, 128, 0), (0, 0, 128), (240, 240, 240), (128, 128, 128),
-    (30, 30, 30), (200, 200, 120),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (250, 190, 190),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+    (128, 128, 0),
+    (0, 0, 128),
+    (240, 240, 240),
+    (128, 128, 128),
+    (30, 30, 30),
+    (200, 200, 120),
 )
 
 _SPLITS = {'train': 0, 'val': 1}
-_MIN_CONTRAST = 55.0  # min RGB distance between an object's mean fill and what is under it
+# Min RGB distance between an object's mean fill and what is under it.
+_MIN_CONTRAST = 55.0
 _MIN_VISIBLE = 0.5  # min visible fraction of every object
 _MIN_SIZE = 12.0  # smallest object extent in pixels
 
 
 def _unit_polygon(cls_name: str, rng: np.random.Generator) -> np.ndarray:
-    """Return the vertices (N, 2) of a shape centred at 0 with radius ~1, rotated."""
+    """The vertices (N, 2) of a shape centred at 0, radius ~1, rotated."""
     if cls_name == 'circle':
         angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         radii = np.ones_like(angles)
@@ -74,16 +88,17 @@ def _unit_polygon(cls_name: str, rng: np.random.Generator) -> np.ndarray:
 def _polygon_area(poly: np.ndarray) -> float:
     """Shoelace area of a simple polygon given as (N, 2) vertices."""
     x, y = poly[:, 0], poly[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+    return float(
+        abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
 
 def _coverage(poly: np.ndarray, size: int, subrows: int = 8) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] (H, W) of a polygon given in COCO coordinates.
+    """Anti-aliased coverage in [0, 1] (H, W) of a polygon (COCO coordinates).
 
-    Pixel ``(c, r)`` is the square ``[c, c + 1) x [r, r + 1)``. Each pixel row is
-    sampled on ``subrows`` horizontal lines; along each line the covered length
-    per pixel is exact, so ``coverage.sum()`` is the polygon area up to sampling
-    error (no outward bias, unlike ``cv2.fillPoly``).
+    Pixel ``(c, r)`` is the square ``[c, c + 1) x [r, r + 1)``. Each pixel row
+    is sampled on ``subrows`` horizontal lines; along each line the covered
+    length per pixel is exact, so ``coverage.sum()`` is the polygon area up to
+    sampling error (no outward bias, unlike ``cv2.fillPoly``).
     """
     out = np.zeros((size, size), np.float32)
     r0 = max(int(np.floor(poly[:, 1].min())), 0)
@@ -92,13 +107,15 @@ def _coverage(poly: np.ndarray, size: int, subrows: int = 8) -> np.ndarray:
         return out
     ys = (r0 + (np.arange((r1 - r0) * subrows) + 0.5) / subrows)[:, None]
     a, b = poly, np.roll(poly, -1, axis=0)
-    crosses = ((a[:, 1] <= ys) & (ys < b[:, 1])) | ((b[:, 1] <= ys) & (ys < a[:, 1]))
+    crosses = ((a[:, 1] <= ys) & (ys < b[:, 1])) | ((b[:, 1] <= ys) &
+                                                    (ys < a[:, 1]))
     dy = np.where(b[:, 1] == a[:, 1], 1.0, b[:, 1] - a[:, 1])
     xs = a[:, 0] + (ys - a[:, 1]) / dy * (b[:, 0] - a[:, 0])
     xs = np.sort(np.where(crosses, xs, np.inf), axis=1)
     k = int(crosses.sum(1).max())
     k += k % 2
-    starts, ends = xs[:, 0:k:2, None], xs[:, 1:k:2, None]  # even-odd spans per line
+    # even-odd spans per line
+    starts, ends = xs[:, 0:k:2, None], xs[:, 1:k:2, None]
     cols = np.arange(size, dtype=np.float64)
     with np.errstate(invalid='ignore'):
         lengths = np.minimum(ends, cols + 1) - np.maximum(starts, cols)
@@ -107,18 +124,20 @@ def _coverage(poly: np.ndarray, size: int, subrows: int = 8) -> np.ndarray:
     return np.clip(out, 0, 1)
 
 
-def _pick_colour(rng: np.random.Generator, choices: Optional[List[np.ndarray]] = None,
+def _pick_colour(rng: np.random.Generator,
+                 choices: Optional[List[np.ndarray]] = None,
                  jitter: int = 18) -> np.ndarray:
     """A palette colour (or one of ``choices``) with a small random jitter."""
     if choices:
         base = choices[rng.integers(len(choices))]
     else:
         base = np.array(PALETTE[rng.integers(len(PALETTE))], np.float32)
-    return np.clip(base + rng.integers(-jitter, jitter + 1, 3), 0, 255).astype(np.float32)
+    return np.clip(base + rng.integers(-jitter, jitter + 1, 3), 0,
+                   255).astype(np.float32)
 
 
 def _projection(size: int, rng: np.random.Generator) -> np.ndarray:
-    """Coordinate along a random direction, (H, W) float, in pixels from the centre."""
+    """Coordinate along a random direction, (H, W) float, pixels."""
     theta = rng.uniform(0, np.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - size / 2
     return xx * np.cos(theta) + yy * np.sin(theta)
@@ -130,10 +149,12 @@ def _gradient_field(size: int, rng: np.random.Generator) -> np.ndarray:
     return (proj - proj.min()) / max(float(np.ptp(proj)), 1e-6)
 
 
-def _stripe_field(size: int, rng: np.random.Generator, period: Tuple[float, float]) -> np.ndarray:
+def _stripe_field(size: int, rng: np.random.Generator,
+                  period: Tuple[float, float]) -> np.ndarray:
     """Stripes in [0, 1] along a random direction, hard or soft."""
     proj = _projection(size, rng)
-    t = 0.5 + 0.5 * np.sin(2 * np.pi * proj / rng.uniform(*period) + rng.uniform(0, 2 * np.pi))
+    t = 0.5 + 0.5 * np.sin(2 * np.pi * proj / rng.uniform(*period) +
+                           rng.uniform(0, 2 * np.pi))
     if rng.random() < 0.5:
         t = (t > 0.5).astype(np.float32)
     return t.astype(np.float32)
@@ -152,8 +173,10 @@ def _mix(c1: np.ndarray, c2: np.ndarray, t: np.ndarray) -> np.ndarray:
     return c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
 
 
-def _background(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """Draw a textured background; return it (float RGB) and the colours it used."""
+def _background(
+        size: int,
+        rng: np.random.Generator) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """Draw a textured background; return it (float RGB) and its colours."""
     c1, c2 = _pick_colour(rng), _pick_colour(rng)
     colours = [c1, c2]
     kind = rng.integers(4)
@@ -172,25 +195,32 @@ def _background(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[n
             colours.append(colour)
             layer = np.zeros((size, size), np.float32)
             centre = tuple(int(v) for v in rng.integers(0, size, 2))
-            axes = tuple(int(v) for v in rng.integers(size // 12 + 1, size // 3 + 2, 2))
-            cv2.ellipse(layer, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+            axes = tuple(
+                int(v) for v in rng.integers(size // 12 + 1, size // 3 + 2, 2))
+            cv2.ellipse(layer, centre, axes, float(rng.uniform(0, 180)), 0,
+                        360, 1.0, -1)
             sigma = max(axes) * rng.uniform(0.3, 0.8)
-            layer = cv2.GaussianBlur(layer, (0, 0), sigma) * rng.uniform(0.5, 1.0)
-            img = img * (1 - layer[..., None]) + colour[None, None] * layer[..., None]
+            layer = cv2.GaussianBlur(layer,
+                                     (0, 0), sigma) * rng.uniform(0.5, 1.0)
+            img = img * (
+                1 - layer[..., None]) + colour[None, None] * layer[..., None]
     # clutter lines (thin anti-aliased bars)
     if rng.random() < 0.3:
         for _ in range(int(rng.integers(1, 5))):
             p1, p2 = rng.uniform(0, size, (2, 2))
             direction = (p2 - p1) / max(float(np.linalg.norm(p2 - p1)), 1e-6)
-            normal = np.array([-direction[1], direction[0]]) * rng.uniform(0.5, 1.5)
-            bar = np.stack([p1 + normal, p2 + normal, p2 - normal, p1 - normal])
+            normal = np.array([-direction[1], direction[0]]) * rng.uniform(
+                0.5, 1.5)
+            bar = np.stack(
+                [p1 + normal, p2 + normal, p2 - normal, p1 - normal])
             alpha = _coverage(bar, size)[..., None]
             img = img * (1 - alpha) + _pick_colour(rng)[None, None] * alpha
     return img.astype(np.float32), colours
 
 
-def _fill(size: int, rng: np.random.Generator, bg_colours: List[np.ndarray]) -> np.ndarray:
-    """An (H, W, 3) fill pattern for one object: solid, gradient, stripes or noise."""
+def _fill(size: int, rng: np.random.Generator,
+          bg_colours: List[np.ndarray]) -> np.ndarray:
+    """An (H, W, 3) fill for one object: solid, gradient, stripes or noise."""
     # about a third of the objects take a colour that is also in the background
     first = _pick_colour(rng, bg_colours if rng.random() < 0.35 else None)
     kind = rng.choice(4, p=[0.55, 0.15, 0.15, 0.15])
@@ -207,7 +237,7 @@ def _fill(size: int, rng: np.random.Generator, bg_colours: List[np.ndarray]) -> 
 
 
 def _place(cls_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Sample a rotated, scaled polygon lying fully inside the image (COCO coordinates)."""
+    """A rotated, scaled polygon fully inside the image (COCO coordinates)."""
     poly = _unit_polygon(cls_name, rng)
     extent = float(np.max(np.ptp(poly, axis=0)))
     max_size = max(size / 2, _MIN_SIZE + 1)
@@ -221,7 +251,8 @@ def _place(cls_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.round(poly, 2)
 
 
-def render_image(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[dict]]:
+def render_image(size: int,
+                 rng: np.random.Generator) -> Tuple[np.ndarray, List[dict]]:
     """Draw one image; return it (uint8 RGB, HxWx3) and its objects.
 
     Each object is a dict with ``category_id`` (1-based), ``polygon`` ((N, 2)
@@ -229,8 +260,10 @@ def render_image(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[
     """
     img, bg_colours = _background(size, rng)
     objects: List[dict] = []
-    masks: List[np.ndarray] = []  # currently visible pixels of each placed object
-    full_px: List[int] = []  # pixel count of each placed object when it was drawn
+    # Currently visible pixels of each placed object, and its pixel count
+    # when it was drawn.
+    masks: List[np.ndarray] = []
+    full_px: List[int] = []
     for _ in range(int(rng.integers(1, 7))):
         cls_idx = int(rng.integers(len(CLASSES)))
         for _attempt in range(25):
@@ -239,11 +272,14 @@ def render_image(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[
             inside = alpha > 0.5
             if not inside.any():
                 continue
-            # the new object is drawn on top: every earlier one must stay >= 50% visible
-            if any((m & ~inside).sum() < _MIN_VISIBLE * n for m, n in zip(masks, full_px)):
+            # the new object is drawn on top: every earlier one must stay >=
+            # 50% visible
+            if any((m & ~inside).sum() < _MIN_VISIBLE * n
+                   for m, n in zip(masks, full_px)):
                 continue
             fill = _fill(size, rng, bg_colours)
-            contrast = np.linalg.norm(fill[inside].mean(0) - img[inside].mean(0))
+            contrast = np.linalg.norm(fill[inside].mean(0) -
+                                      img[inside].mean(0))
             if contrast < _MIN_CONTRAST:
                 continue
             img = img * (1 - alpha[..., None]) + fill * alpha[..., None]
@@ -251,9 +287,17 @@ def render_image(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[
             full_px.append(int(inside.sum()))
             x0, y0 = poly.min(axis=0)
             x1, y1 = poly.max(axis=0)
-            objects.append(dict(category_id=cls_idx + 1, polygon=poly,
-                                bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                                area=_polygon_area(poly)))
+            objects.append(
+                dict(
+                    category_id=cls_idx + 1,
+                    polygon=poly,
+                    bbox=[
+                        float(x0),
+                        float(y0),
+                        float(x1 - x0),
+                        float(y1 - y0)
+                    ],
+                    area=_polygon_area(poly)))
             break
     img = img + rng.normal(0, rng.uniform(2, 10), img.shape)
     return np.clip(np.round(img), 0, 255).astype(np.uint8), objects
@@ -262,19 +306,23 @@ def render_image(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, List[
 def _coco_json(images: List[dict], annotations: List[dict]) -> str:
     """Serialise a COCO dict deterministically."""
     data = dict(
-        info=dict(description='mmdet_ela synthetic shapes', version=str(GENERATOR_VERSION)),
+        info=dict(
+            description='mmdet_ela synthetic shapes',
+            version=str(GENERATOR_VERSION)),
         licenses=[],
         images=images,
         annotations=annotations,
-        categories=[dict(id=i + 1, name=name, supercategory='shape')
-                    for i, name in enumerate(CLASSES)],
+        categories=[
+            dict(id=i + 1, name=name, supercategory='shape')
+            for i, name in enumerate(CLASSES)
+        ],
     )
     return json.dumps(data, separators=(',', ':'))
 
 
 def _write_split(out_dir: str, split: str, num: int, img_size: int, seed: int,
                  progress: bool) -> Tuple[str, int]:
-    """Draw and write one split; return the annotation path and the object count."""
+    """Draw and write one split; return the annotation path, object count."""
     img_dir = osp.join(out_dir, split)
     os.makedirs(img_dir, exist_ok=True)
     for name in os.listdir(img_dir):  # drop stale images from an earlier run
@@ -291,20 +339,29 @@ def _write_split(out_dir: str, split: str, num: int, img_size: int, seed: int,
         rng = np.random.default_rng([seed, _SPLITS[split], index])
         img, objects = render_image(img_size, rng)
         file_name = f'{index:06d}.png'
-        cv2.imwrite(osp.join(img_dir, file_name), img[..., ::-1],
-                    [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        cv2.imwrite(
+            osp.join(img_dir, file_name), img[..., ::-1],
+            [cv2.IMWRITE_PNG_COMPRESSION, 3])
         image_id = index + 1
-        images.append(dict(id=image_id, file_name=file_name, width=img_size, height=img_size))
+        images.append(
+            dict(
+                id=image_id,
+                file_name=file_name,
+                width=img_size,
+                height=img_size))
         for obj in objects:
-            annotations.append(dict(
-                id=len(annotations) + 1,
-                image_id=image_id,
-                category_id=obj['category_id'],
-                bbox=[round(v, 2) for v in obj['bbox']],
-                area=round(obj['area'], 2),
-                iscrowd=0,
-                segmentation=[[round(float(v), 2) for v in obj['polygon'].reshape(-1)]],
-            ))
+            annotations.append(
+                dict(
+                    id=len(annotations) + 1,
+                    image_id=image_id,
+                    category_id=obj['category_id'],
+                    bbox=[round(v, 2) for v in obj['bbox']],
+                    area=round(obj['area'], 2),
+                    iscrowd=0,
+                    segmentation=[[
+                        round(float(v), 2) for v in obj['polygon'].reshape(-1)
+                    ]],
+                ))
         if bar is not None:
             bar.update()
     if bar is not None:
@@ -316,14 +373,19 @@ def _write_split(out_dir: str, split: str, num: int, img_size: int, seed: int,
     return ann_path, len(annotations)
 
 
-def make_shapes_dataset(out_dir: str, num_train: int = 400, num_val: int = 100,
-                        img_size: int = 160, seed: int = 0,
+def make_shapes_dataset(out_dir: str,
+                        num_train: int = 400,
+                        num_val: int = 100,
+                        img_size: int = 160,
+                        seed: int = 0,
                         progress: bool = True) -> Dict[str, str]:
-    """Write the synthetic shapes dataset under ``out_dir`` unless it is already there.
+    """Write the synthetic shapes dataset under ``out_dir`` unless it is
+    already there.
 
-    If ``out_dir/meta.json`` records the same parameters (and generator version)
-    and the annotation files exist, nothing is written; otherwise the dataset is
-    (re)generated. ``meta.json`` is written last, so an interrupted run is redone.
+    If ``out_dir/meta.json`` records the same parameters (and generator
+    version) and the annotation files exist, nothing is written; otherwise the
+    dataset is (re)generated. ``meta.json`` is written last, so an interrupted
+    run is redone.
 
     Args:
         out_dir: Root folder of the dataset.
@@ -350,9 +412,14 @@ def make_shapes_dataset(out_dir: str, num_train: int = 400, num_val: int = 100,
         val_ann=osp.join(out_dir, 'annotations', 'instances_val.json'),
         meta=osp.join(out_dir, 'meta.json'),
     )
-    params = dict(generator='shapes', version=GENERATOR_VERSION, seed=seed,
-                  num_train=num_train, num_val=num_val, img_size=img_size,
-                  classes=list(CLASSES))
+    params = dict(
+        generator='shapes',
+        version=GENERATOR_VERSION,
+        seed=seed,
+        num_train=num_train,
+        num_val=num_val,
+        img_size=img_size,
+        classes=list(CLASSES))
     if all(osp.isfile(paths[k]) for k in ('meta', 'train_ann', 'val_ann')):
         try:
             with open(paths['meta']) as f:
@@ -366,8 +433,8 @@ def make_shapes_dataset(out_dir: str, num_train: int = 400, num_val: int = 100,
 
     counts = {}
     for split, num in (('train', num_train), ('val', num_val)):
-        _, counts[f'{split}_objects'] = _write_split(out_dir, split, num, img_size, seed,
-                                                     progress)
+        _, counts[f'{split}_objects'] = _write_split(out_dir, split, num,
+                                                     img_size, seed, progress)
     with open(paths['meta'], 'w') as f:
         json.dump(dict(params, **counts), f, indent=2)
         f.write('\n')

@@ -1,11 +1,12 @@
 """Multi-process training on CPU-only machines (gloo).
 
-mmengine 0.10.7's ``pytorch``/``slurm`` launchers call ``torch.cuda.set_device`` and its
-DDP wrapper passes ``device_ids``; both fail on a CPU-only torch. Our tools call
-:func:`setup_distributed` before building the Runner: without CUDA it starts the gloo
-process group itself (the Runner then skips its own ``init_dist``) and selects
-:class:`ELADistributedDataParallel`, which leaves ``device_ids`` out for CPU modules.
-With CUDA it changes nothing.
+mmengine 0.10.7's ``pytorch``/``slurm`` launchers call
+``torch.cuda.set_device`` and its DDP wrapper passes ``device_ids``; both fail
+on a CPU-only torch. Our tools call :func:`setup_distributed` before building
+the Runner: without CUDA it starts the gloo process group itself (the Runner
+then skips its own ``init_dist``) and selects
+:class:`ELADistributedDataParallel`, which leaves ``device_ids`` out for CPU
+modules. With CUDA it changes nothing.
 """
 import os
 import subprocess
@@ -18,7 +19,7 @@ from mmengine.registry import MODEL_WRAPPERS
 
 @MODEL_WRAPPERS.register_module()
 class ELADistributedDataParallel(MMDistributedDataParallel):
-    """mmengine's DDP wrapper that also accepts CPU modules (no ``device_ids``)."""
+    """mmengine's DDP wrapper that accepts CPU modules (no ``device_ids``)."""
 
     def __init__(self, module, device_ids=None, **kwargs) -> None:
         param = next(module.parameters(), None)

@@ -2,8 +2,8 @@
 
     python tools/misc/make_shapes_dataset.py --out-dir data/shapes
 
-Nothing is rewritten when ``out_dir`` already holds a dataset made with the same
-parameters.
+Nothing is rewritten when ``out_dir`` already holds a dataset made with the
+same parameters.
 """
 import argparse
 import os.path as osp
@@ -12,30 +12,42 @@ import sys
 try:
     from mmdet_ela.datasets import make_shapes_dataset
 except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+    sys.path.insert(0,
+                    osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
     from mmdet_ela.datasets import make_shapes_dataset
 
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description='Make the synthetic shapes dataset')
-    parser.add_argument('--out-dir', default='data/shapes', help='dataset root')
-    parser.add_argument('--num-train', type=int, default=400, help='training images')
-    parser.add_argument('--num-val', type=int, default=100, help='validation images')
-    parser.add_argument('--img-size', type=int, default=160, help='image side in pixels')
+    parser = argparse.ArgumentParser(
+        description='Make the synthetic shapes dataset')
+    parser.add_argument(
+        '--out-dir', default='data/shapes', help='dataset root')
+    parser.add_argument(
+        '--num-train', type=int, default=400, help='training images')
+    parser.add_argument(
+        '--num-val', type=int, default=100, help='validation images')
+    parser.add_argument(
+        '--img-size', type=int, default=160, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0, help='base seed (>= 0)')
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    parser.add_argument(
+        '--no-progress', action='store_true', help='hide the progress bar')
     return parser.parse_args()
 
 
 def main() -> None:
     """Make the dataset and print where it is."""
     args = parse_args()
-    paths = make_shapes_dataset(args.out_dir, num_train=args.num_train, num_val=args.num_val,
-                                img_size=args.img_size, seed=args.seed,
-                                progress=not args.no_progress)
+    paths = make_shapes_dataset(
+        args.out_dir,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        img_size=args.img_size,
+        seed=args.seed,
+        progress=not args.no_progress)
     print(f'shapes dataset in {paths["root"]}')
-    for key in ('train_img_dir', 'train_ann', 'val_img_dir', 'val_ann', 'meta'):
+    for key in ('train_img_dir', 'train_ann', 'val_img_dir', 'val_ann',
+                'meta'):
         print(f'  {key:14s} {paths[key]}')
 
 
