@@ -6,21 +6,22 @@ import os.path as osp
 import pickle
 import subprocess
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from crafted_checkpoints import (System, as_torch_file, bad_state,
+                                 call_history_buffer, double_build,
+                                 getattr_outside_statistics,
+                                 setstate_getattr_chain)
+from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
 import mmdet_ela  # noqa: F401  (registers the safe local loader)
 from mmdet_ela.utils import (UnsafeCheckpointError, check_checkpoint_file,
                              load_checkpoint_file, mmengine_checkpoint_loading)
-from crafted_checkpoints import (System, as_torch_file, bad_state,
-                                 call_history_buffer, double_build,
-                                 getattr_outside_statistics,
-                                 setstate_getattr_chain)
-from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def crafted(tmp_path):
     for name, data in payloads.items():
         path = str(tmp_path / f'{name}.pth')
         if data.startswith(b'PK'):
-            open(path, 'wb').write(data)
+            Path(path).write_bytes(data)
         else:
             as_torch_file(data, path)
         files[name] = path
@@ -219,6 +220,25 @@ def test_genuine_mmengine_checkpoint_loads(tmp_path, legacy):
     assert _safe_globals() == safe_globals
 
 
+def test_fresh_process_can_use_loaded_history_buffers(tmp_path):
+    """A rank that built no HistoryBuffer yet still has mmengine's methods."""
+    path = str(tmp_path / 'epoch_1.pth')
+    torch.save(_hub_checkpoint('test_safe_loading_fresh'), path)
+    script = textwrap.dedent(f"""
+        import mmdet_ela
+        from mmengine.runner.checkpoint import _load_checkpoint
+        ckpt = _load_checkpoint({path!r}, map_location='cpu')
+        loss = ckpt['message_hub']['log_scalars']['train/loss']
+        print(round(float(loss.statistics('mean')), 4))""")
+    out = subprocess.run([PYTHON, '-c', script],
+                         capture_output=True,
+                         text=True,
+                         env=run_env(),
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == '0.6111'
+
+
 def test_legacy_and_damaged_files(tmp_path):
     legacy = str(tmp_path / 'legacy.pth')
     torch.save({
@@ -234,9 +254,9 @@ def test_legacy_and_damaged_files(tmp_path):
     check_checkpoint_file(legacy)
     assert torch.equal(
         load_checkpoint_file(legacy)['state_dict']['w'], torch.ones(3))
-    data = open(legacy, 'rb').read()
+    data = Path(legacy).read_bytes()
     cut = str(tmp_path / 'legacy_cut.pth')
-    open(cut, 'wb').write(data[:len(data) // 2])  # inside the pickles
+    Path(cut).write_bytes(data[:len(data) // 2])  # inside the pickles
     with pytest.raises(ValueError, match='legacy_cut.pth.*corrupted'):
         check_checkpoint_file(cut)
     with pytest.raises(ValueError, match='legacy_cut.pth.*corrupted'):
@@ -244,10 +264,10 @@ def test_legacy_and_damaged_files(tmp_path):
 
     good = str(tmp_path / 'good.pth')
     torch.save({'state_dict': {'w': torch.ones(3)}}, good)
-    data = open(good, 'rb').read()
+    data = Path(good).read_bytes()
     for name, raw in (('cut.pth', data[:len(data) // 2]),
                       ('garbage.pth', b'\x00not a checkpoint' * 50)):
-        open(tmp_path / name, 'wb').write(raw)
+        (tmp_path / name).write_bytes(raw)
         with pytest.raises(ValueError, match=f'{name}.*corrupted'):
             check_checkpoint_file(str(tmp_path / name))
         with pytest.raises(ValueError, match=f'{name}.*corrupted'):

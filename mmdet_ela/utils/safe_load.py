@@ -12,7 +12,9 @@ class-level registry through
 * ``mmengine.logging.history_buffer.HistoryBuffer`` to
   :class:`_HistoryBufferLoader`, whose ``__setstate__`` validates the state,
   sets three instance attributes and turns the object into a real
-  ``HistoryBuffer``: no class or global state changes;
+  ``HistoryBuffer``: nothing from the file reaches class or global state
+  (it only makes sure mmengine's four methods are registered, as
+  ``HistoryBuffer()`` does);
 * ``builtins.getattr`` to :func:`_statistics_method`, which only returns
   ``HistoryBuffer.min/max/current/mean`` (mmengine's statistics methods);
 
@@ -103,6 +105,12 @@ class _HistoryBufferLoader(HistoryBuffer):
         self.max_length = int(max_length)
         self._log_history = state['_log_history']
         self._count_history = state['_count_history']
+        # What HistoryBuffer.__init__ does: make sure mmengine's own four
+        # methods are registered (a fresh process may have built no buffer
+        # yet). Fixed values, whatever the file holds.
+        for name in sorted(STATISTICS_METHODS):
+            HistoryBuffer._statistics_methods.setdefault(
+                name, getattr(HistoryBuffer, name))
         # From here on the object is an ordinary HistoryBuffer, which the
         # weights-only unpickler will not BUILD again.
         self.__class__ = HistoryBuffer
