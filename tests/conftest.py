@@ -1,13 +1,6 @@
 """Shared fixtures; the helpers themselves live in ``tests/helpers.py``."""
-import os.path as osp
-import sys
-
 import pytest
-
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-from helpers import (PYTHON, ROOT, SHAPES_CONFIG, free_port,  # noqa: E402,F401
-                     make_tiny_shapes, run_env, tiny_config)
+from helpers import make_tiny_shapes
 
 
 @pytest.fixture(scope='session')

@@ -1,4 +1,5 @@
-"""Shared test helpers: paths, a tiny shapes dataset, a tiny ELA RetinaNet config."""
+"""Shared test helpers: paths, a tiny shapes dataset, a tiny config."""
+import json
 import os
 import os.path as osp
 import sys
@@ -14,12 +15,14 @@ PYTHON = sys.executable
 def make_tiny_shapes(root: str) -> str:
     """16 training and 8 validation images of 96 px under ``root``."""
     from mmdet_ela.datasets import make_shapes_dataset
-    make_shapes_dataset(root, num_train=16, num_val=8, img_size=96, seed=1,
-                        progress=False)
+    make_shapes_dataset(
+        root, num_train=16, num_val=8, img_size=96, seed=1, progress=False)
     return root + '/'
 
 
-def tiny_config(data_root: str, work_dir: str, max_epochs: int = 2,
+def tiny_config(data_root: str,
+                work_dir: str,
+                max_epochs: int = 2,
                 **hook_options) -> Config:
     """The shapes demo config, shrunk to a few seconds per epoch."""
     cfg = Config.fromfile(SHAPES_CONFIG)
@@ -40,8 +43,8 @@ def tiny_config(data_root: str, work_dir: str, max_epochs: int = 2,
     # Untrained models score low: keep every box so the COCO metric is real.
     cfg.model.test_cfg.score_thr = 0.0
     cfg.model.test_cfg.max_per_img = 20
-    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                         val_interval=1)
+    cfg.train_cfg = dict(
+        type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0)]
     hook = dict(type='ELAPruneHook', begin=1, max_rounds=1)
     hook.update(hook_options)
@@ -49,9 +52,10 @@ def tiny_config(data_root: str, work_dir: str, max_epochs: int = 2,
     cfg.default_hooks.logger.interval = 1
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1)
     cfg.randomness = dict(seed=0, deterministic=False)
-    cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(
-        mp_start_method='fork', opencv_num_threads=0), dist_cfg=dict(
-            backend='gloo'))
+    cfg.env_cfg = dict(
+        cudnn_benchmark=False,
+        mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+        dist_cfg=dict(backend='gloo'))
     return cfg
 
 
@@ -68,3 +72,14 @@ def run_env() -> dict:
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
+
+
+def read_json(path: str):
+    """The parsed JSON file at ``path``."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()

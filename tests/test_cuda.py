@@ -1,10 +1,9 @@
 """The same behaviour on a CUDA device (skipped where there is none)."""
-import json
 import os.path as osp
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import read_json, tiny_config
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
@@ -54,6 +53,6 @@ def test_cuda_runner_prunes(tiny_shapes, tmp_path):
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert next(runner.model.parameters()).is_cuda
-    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    record = read_json(osp.join(work, 'ela_prune', 'round_1.json'))
     assert record['num_pruned_now'] >= 1
     assert get_masks(runner.model) == record['mask']

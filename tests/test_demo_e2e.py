@@ -1,9 +1,8 @@
 """A shortened demo, end to end: dataset -> train with pruning -> COCO mAP."""
-import json
 import os.path as osp
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT, read_json
 from mmengine.runner import Runner
 
 pytestmark = pytest.mark.slow
@@ -37,8 +36,7 @@ def test_short_demo_learns_and_prunes(tmp_path, monkeypatch):
     assert summary['units_pruned'] >= 1
     assert summary['params_final'] < summary['params_dense']
     assert osp.exists(summary['checkpoint'])
-    record = json.load(
-        open(osp.join(summary['prune_records'], 'round_1.json')))
+    record = read_json(osp.join(summary['prune_records'], 'round_1.json'))
     assert record['progress'] == 3
-    assert json.load(open(osp.join(args.work_dir, 'demo_summary.json'))) \
+    assert read_json(osp.join(args.work_dir, 'demo_summary.json')) \
         == summary

@@ -1,9 +1,10 @@
-"""ELAFPN equivalence with FPN, every config building, detectors from configs."""
+"""ELAFPN against FPN, every config building, detectors from configs."""
 import glob
 import os.path as osp
 
 import pytest
 import torch
+from helpers import ROOT
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
@@ -11,19 +12,27 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmdet_ela  # noqa: F401
-from mmdet_ela.models import ELAFPN, attention_stacks, get_masks
-from conftest import ROOT
+from mmdet_ela.models import ELAFPN
+from mmdet_ela.pruning import attention_stacks, get_masks
 
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*', '*.py')))
 
 
 @pytest.mark.parametrize('kwargs', [
     dict(in_channels=[32, 64, 128, 256], out_channels=64, num_outs=5),
-    dict(in_channels=[32, 64, 128, 256], out_channels=64, num_outs=5,
-         start_level=1, add_extra_convs='on_input'),
-    dict(in_channels=[32, 64, 128, 256], out_channels=64, num_outs=4,
-         add_extra_convs='on_output', relu_before_extra_convs=True,
-         norm_cfg=dict(type='BN')),
+    dict(
+        in_channels=[32, 64, 128, 256],
+        out_channels=64,
+        num_outs=5,
+        start_level=1,
+        add_extra_convs='on_input'),
+    dict(
+        in_channels=[32, 64, 128, 256],
+        out_channels=64,
+        num_outs=4,
+        add_extra_convs='on_output',
+        relu_before_extra_convs=True,
+        norm_cfg=dict(type='BN')),
 ])
 def test_ela_fpn_equals_fpn_at_init(kwargs):
     torch.manual_seed(0)
@@ -34,8 +43,10 @@ def test_ela_fpn_equals_fpn_at_init(kwargs):
     result = ela.load_state_dict(fpn.state_dict(), strict=False)
     assert result.unexpected_keys == []
     assert all(k.startswith('attn.') for k in result.missing_keys)
-    feats = [torch.rand(2, c, 64 // 2**i, 64 // 2**i)
-             for i, c in enumerate(kwargs['in_channels'])]
+    feats = [
+        torch.rand(2, c, 64 // 2**i, 64 // 2**i)
+        for i, c in enumerate(kwargs['in_channels'])
+    ]
     fpn.eval()
     ela.eval()
     with torch.no_grad():
@@ -45,25 +56,70 @@ def test_ela_fpn_equals_fpn_at_init(kwargs):
 
 
 def test_ela_fpn_levels_retrieve_from_coarser_levels():
-    neck = ELAFPN(in_channels=[32, 64], out_channels=32, num_outs=3,
-                  dim_per_head=16)
+    neck = ELAFPN(
+        in_channels=[32, 64], out_channels=32, num_outs=3, dim_per_head=16)
     neck.init_weights()
     feats = [torch.rand(1, 32, 16, 16), torch.rand(1, 64, 8, 8)]
-    with torch.no_grad(), mmdet_ela.models.record_attention(neck):
+    with torch.no_grad(), mmdet_ela.pruning.record_attention(neck):
         outs = neck.eval()(feats)
         sizes = [u.attention.shape[-1] for _, u in neck.attn.kept_units()]
     assert sizes == [1, 2, 3]  # unit 0 = coarsest level
     assert [o.shape[-1] for o in outs] == [16, 8, 4]
 
 
+def test_ela_fpn_identity_without_init_weights_and_batch_one():
+    torch.manual_seed(0)
+    kwargs = dict(
+        in_channels=[32, 64],
+        out_channels=32,
+        num_outs=4,
+        add_extra_convs='on_input')
+    fpn = FPN(**kwargs)
+    ela = ELAFPN(dim_per_head=16, **kwargs)
+    ela.load_state_dict(fpn.state_dict(), strict=False)
+    feats = [torch.rand(1, 32, 8, 8), torch.rand(1, 64, 4, 4)]
+    with torch.no_grad():
+        for a, b in zip(fpn(feats), ela(feats)):
+            assert torch.equal(a, b)
+    # Training mode, batch 1, 1x1 top levels: FPN runs, so must ELAFPN.
+    outs = ela.train()(feats)
+    assert outs[-1].shape[-2:] == (1, 1)
+
+
+def test_ela_fpn_group_norm_default_and_ramp():
+    neck = ELAFPN(
+        in_channels=[32, 64],
+        out_channels=32,
+        num_outs=3,
+        dim_per_head=16,
+        drop_path_rate=0.2,
+        norm_cfg=dict(type='GN', num_groups=8))
+    assert isinstance(neck.attn.units['0'].norm, torch.nn.GroupNorm)
+    rates = [
+        getattr(u.drop_path, 'drop_prob', 0.0)
+        for _, u in neck.attn.kept_units()
+    ]
+    assert rates == pytest.approx([0.0, 0.1, 0.2])
+
+
+@pytest.mark.parametrize('kwargs, key', [
+    (dict(dim_per_head=True), 'dim_per_head'),
+    (dict(drop_path_rate='0.1'), 'drop_path_rate'),
+    (dict(attn_norm_cfg=dict(type='GN')), 'attn_norm_cfg'),
+])
+def test_ela_fpn_bad_arguments(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        ELAFPN(in_channels=[32, 64], out_channels=32, num_outs=2, **kwargs)
+
+
 def test_ela_fpn_bad_dim_per_head():
     with pytest.raises(ValueError, match='dim_per_head'):
-        ELAFPN(in_channels=[32, 64], out_channels=48, num_outs=2,
-               dim_per_head=32)
+        ELAFPN(
+            in_channels=[32, 64], out_channels=48, num_outs=2, dim_per_head=32)
 
 
-@pytest.mark.parametrize('path', CONFIGS,
-                         ids=[osp.basename(p) for p in CONFIGS])
+@pytest.mark.parametrize(
+    'path', CONFIGS, ids=[osp.basename(p) for p in CONFIGS])
 def test_every_config_builds(path):
     init_default_scope('mmdet')
     cfg = Config.fromfile(path)
@@ -71,8 +127,7 @@ def test_every_config_builds(path):
     model = MODELS.build(cfg.model)
     assert type(model.backbone).__name__ == 'ELAResNet'
     stacks = attention_stacks(model)
-    assert stacks and all(n.startswith(('backbone.', 'neck.'))
-                          for n in stacks)
+    assert stacks and all(n.startswith(('backbone.', 'neck.')) for n in stacks)
     assert ('_ela-fpn' in path) == (type(model.neck).__name__ == 'ELAFPN')
     assert any(h['type'] == 'ELAPruneHook' for h in cfg.custom_hooks)
     if 'coco' in path:
@@ -98,8 +153,8 @@ def test_detector_from_config_loss_and_predict(name):
     model = MODELS.build(cfg.model)
     model.init_weights()
     with_mask = 'mask' in name
-    packed = demo_mm_inputs(2, [[3, 128, 128]] * 2, with_mask=with_mask,
-                            num_classes=80)
+    packed = demo_mm_inputs(
+        2, [[3, 128, 128]] * 2, with_mask=with_mask, num_classes=80)
     data = model.data_preprocessor(packed, training=True)
     model.train()
     losses = model(**data, mode='loss')
@@ -113,4 +168,6 @@ def test_detector_from_config_loss_and_predict(name):
         data = model.data_preprocessor(packed, training=False)
         results = model(**data, mode='predict')
     assert len(results) == 2 and hasattr(results[0], 'pred_instances')
-    assert len(get_masks(model)) == (5 if '_ela-fpn' in name else 4)
+    # frozen_stages=1 (mmdet's COCO bases): layer1 carries no units.
+    assert len(get_masks(model)) == (4 if '_ela-fpn' in name else 3)
+    assert model.backbone.layer1.attn is None

@@ -1,4 +1,4 @@
-"""ELAResNet: shapes, equivalence with mmdet's ResNet, learning, options, errors."""
+"""ELAResNet: shapes, equivalence with ResNet, learning, options, errors."""
 import copy
 
 import pytest
@@ -8,8 +8,9 @@ from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
 import mmdet_ela  # noqa: F401
-from mmdet_ela.models import ELAResNet, attention_stacks, record_attention
+from mmdet_ela.models import ELAResNet
 from mmdet_ela.models.layers import LayerAttention
+from mmdet_ela.pruning import attention_stacks, record_attention
 
 EXPANSION = {18: 1, 34: 1, 50: 4, 101: 4, 152: 4}
 
@@ -63,15 +64,16 @@ def _perturb_attention_norms(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, LayerAttention):
-            m.norm.weight.data = torch.rand(m.norm.weight.shape,
-                                            generator=g) * 0.5 + 0.1
+            m.norm.weight.data = torch.rand(
+                m.norm.weight.shape, generator=g) * 0.5 + 0.1
 
 
 def test_attention_branch_learns():
     torch.manual_seed(0)
     model = _build(depth=18, norm_eval=False).train()
-    units = [u for s in attention_stacks(model).values()
-             for _, u in s.kept_units()]
+    units = [
+        u for s in attention_stacks(model).values() for _, u in s.kept_units()
+    ]
     before = {id(u): copy.deepcopy(u.state_dict()) for u in units}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for _ in range(4):
@@ -91,15 +93,37 @@ def test_attention_branch_learns():
     assert not torch.equal(second.key.weight, old['key.weight'])
 
 
-def test_frozen_stages_freeze_attention():
+def test_frozen_stages_carry_no_units():
     model = _build(depth=18, frozen_stages=2)
     model.train()
     for name, p in model.named_parameters():
         frozen = name.startswith(('conv1', 'bn1', 'layer1', 'layer2'))
         assert p.requires_grad != frozen, name
-    assert not model.layer1.attn.training
-    assert not model.layer2.attn.units['1'].norm.training
+    assert model.layer1.attn is None and model.layer2.attn is None
+    assert sorted(attention_stacks(model)) == ['layer3.attn', 'layer4.attn']
     assert model.layer3.attn.units['1'].norm.training
+    assert model.stage_with_attention == (False, False, True, True)
+
+
+def test_unit_in_frozen_stage_is_refused():
+    with pytest.raises(ValueError, match='frozen_stages=1 freezes'):
+        ELAResNet(
+            depth=18,
+            frozen_stages=1,
+            stage_with_attention=(True, True, True, True))
+
+
+def test_old_checkpoint_with_frozen_stage_units_loads():
+    """Dense checkpoints of the old code had (identity) units in layer1."""
+    old = _build(depth=18)  # frozen_stages=-1: units everywhere
+    new = _build(depth=18, frozen_stages=1)
+    state = old.state_dict()
+    assert any(k.startswith('layer1.attn.') for k in state)
+    new.load_state_dict(state, strict=True)
+    # A unit that did train is not silently dropped.
+    old.layer1.attn.units['0'].norm.weight.data.fill_(0.5)
+    with pytest.raises(RuntimeError, match='layer1.attn'):
+        new.load_state_dict(old.state_dict(), strict=True)
 
 
 def test_norm_eval_keeps_attention_norms_training():
@@ -124,16 +148,18 @@ def test_with_cp_same_output_and_gradients():
         out = model(xi)
         sum(o.pow(2).mean() for o in out).backward()
         outs.append([o.detach() for o in out])
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
-                      if p.grad is not None})
+        grads.append({
+            n: p.grad.clone()
+            for n, p in model.named_parameters() if p.grad is not None
+        })
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b)
     assert grads[0].keys() == grads[1].keys()
     attn_keys = [k for k in grads[0] if '.attn.' in k]
     assert attn_keys
     for k in grads[0]:
-        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6)
 
 
 def test_recording_only_when_asked():
@@ -158,8 +184,12 @@ def test_options_build_and_run():
         dict(depth=50, deep_stem=True, avg_down=True),
         dict(depth=18, stage_with_attention=(False, True, False, True)),
         dict(depth=50, drop_path_rate=0.1),
-        dict(depth=50, num_stages=3, out_indices=(2, ), strides=(1, 2, 2),
-             dilations=(1, 1, 1)),
+        dict(
+            depth=50,
+            num_stages=3,
+            out_indices=(2, ),
+            strides=(1, 2, 2),
+            dilations=(1, 1, 1)),
         dict(depth=50, zero_init_residual=False, dim_per_head=64),
         dict(
             depth=50,
@@ -210,8 +240,67 @@ def test_pretrained_init_cfg_loads_resnet_checkpoint(tmp_path):
     (dict(depth=18, stage_with_attention=(True, )), 'stage_with_attention',
      'num_stages=4'),
     (dict(depth=18, drop_path_rate=1.5), 'drop_path_rate', '[0, 1)'),
+    (dict(depth=18, dim_per_head=True), 'dim_per_head', 'positive integer'),
+    (dict(depth=18,
+          stage_with_attention='TFTF'), 'stage_with_attention', 'booleans'),
+    (dict(depth=18, drop_path_rate='0.1'), 'drop_path_rate', '[0, 1)'),
+    (dict(depth=18,
+          attn_norm_cfg=dict(type='GN')), 'attn_norm_cfg', 'num_groups'),
+    (dict(depth=18, attn_norm_cfg='BN'), 'attn_norm_cfg', "'type'"),
 ])
 def test_bad_arguments(kwargs, key, allowed):
     with pytest.raises(ValueError) as err:
         ELAResNet(**kwargs)
     assert key in str(err.value) and allowed in str(err.value)
+
+
+def test_group_norm_builds_and_runs():
+    """mmdet's ResNet test case: ResNet-50 with GroupNorm."""
+    model = ELAResNet(
+        50, norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))
+    norms = [
+        m for m in model.modules()
+        if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))
+    ]
+    assert norms and all(isinstance(m, nn.GroupNorm) for m in norms)
+    assert model.layer2.attn.units['0'].norm.num_groups == 32
+    model.train()
+    feats = model(torch.randn(1, 3, 32, 32))
+    assert [tuple(f.shape) for f in feats] == [(1, 256, 8, 8), (1, 512, 4, 4),
+                                               (1, 1024, 2, 2),
+                                               (1, 2048, 1, 1)]
+
+
+def test_batch_one_with_one_pixel_maps_trains():
+    """Where mmdet's ResNet runs (batch 1, 1x1 maps, norm_eval), ours runs."""
+    x = torch.randn(1, 3, 32, 32)
+    plain = ResNet(18, norm_eval=True)
+    plain.train()  # mmdet's ResNet.train returns None
+    plain(x)
+    model = _build(depth=18, norm_eval=True).train()
+    outs = model(x)
+    assert outs[-1].shape[-2:] == (1, 1)
+    sum(o.sum() for o in outs).backward()
+
+
+def test_identity_from_construction_without_init_weights():
+    torch.manual_seed(0)
+    plain = ResNet(18)
+    plain.init_weights()
+    ela = ELAResNet(18)  # no init_weights(): init_detector need not call it
+    ela.load_state_dict(plain.state_dict(), strict=False)
+    plain.eval()
+    ela.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(plain(x), ela(x)):
+            assert torch.equal(a, b)
+
+
+def test_res_layer_slices_like_sequential_and_reprs():
+    model = ELAResNet(18)
+    layer = model.layer2
+    assert isinstance(layer[0:1], nn.Sequential) and len(layer[0:1]) == 1
+    assert layer[-1] is layer[1]
+    text = repr(layer.attn.units['0'])
+    assert 'channels=128' in text and 'num_heads=4' in text

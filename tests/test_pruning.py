@@ -1,4 +1,5 @@
-"""Pruning in place: structure, parameters, state_dict round trips, optimizer, errors."""
+"""Pruning in place: structure, parameters, state_dict round trips,
+optimizer, mask validation, loading masks, scoring, records, errors."""
 import pytest
 import torch
 from mmdet.registry import MODELS
@@ -7,12 +8,12 @@ from mmengine.optim import build_optim_wrapper
 import mmdet_ela  # noqa: F401
 from mmdet_ela.engine import drop_parameters
 from mmdet_ela.engine.hooks import ELAPruneHook
-from mmdet_ela.models import (apply_masks, attention_stacks, count_units,
-                              get_masks)
+from mmdet_ela.pruning import (apply_masks, attention_stacks, count_units,
+                               get_masks)
 
 
 def _backbone(**kwargs):
-    model = MODELS.build(dict(type='ELAResNet', depth=18, **kwargs))
+    model = MODELS.build(dict(type='ELAResNet', **{'depth': 18, **kwargs}))
     model.init_weights()
     return model
 
@@ -49,12 +50,15 @@ def test_pruning_deletes_modules_and_parameters():
 def test_later_units_skip_pruned_ones():
     model = MODELS.build(dict(type='ELAResNet', depth=34))
     model.init_weights()
-    apply_masks(model, {**get_masks(model),
-                        'layer3.attn': [True, False, True, True, False, True]})
-    with torch.no_grad(), mmdet_ela.models.record_attention(model):
+    apply_masks(model, {
+        **get_masks(model), 'layer3.attn':
+        [True, False, True, True, False, True]
+    })
+    with torch.no_grad(), mmdet_ela.pruning.record_attention(model):
         model.eval()(torch.rand(1, 3, 64, 64))
-        sizes = [u.attention.shape[-1]
-                 for _, u in model.layer3.attn.kept_units()]
+        sizes = [
+            u.attention.shape[-1] for _, u in model.layer3.attn.kept_units()
+        ]
     assert sizes == [1, 2, 3, 4]
 
 
@@ -84,14 +88,17 @@ def test_mismatched_mask_is_refused():
         apply_masks(model, {'layer1.attn': [True, True]})
     state = model.state_dict()
     state['layer3.attn.mask'] = torch.ones(5, dtype=torch.uint8)
-    with pytest.raises(ValueError, match='layer3.attn.*expected a mask of '
-                       'length 2'):
+    with pytest.raises(
+            ValueError, match='layer3.attn.*expected a mask of '
+            'length 2'):
         _backbone().load_state_dict(state)
     # A pruned unit cannot come back.
     apply_masks(model, _some_mask(model))
     with pytest.raises(ValueError, match='cannot be restored'):
-        apply_masks(model, {n: [True] * len(m)
-                            for n, m in get_masks(model).items()})
+        apply_masks(model, {
+            n: [True] * len(m)
+            for n, m in get_masks(model).items()
+        })
 
 
 def _paramwise_sgd(model):
@@ -99,7 +106,8 @@ def _paramwise_sgd(model):
     return build_optim_wrapper(
         model,
         dict(
-            optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+            optimizer=dict(
+                type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
             paramwise_cfg=dict(norm_decay_mult=0.0)))
 
 
@@ -153,6 +161,9 @@ def test_optimizer_follows_pruning_and_keeps_momentum():
     (dict(max_rounds=1.5), 'max_rounds'),
     (dict(num_batches=0), 'num_batches'),
     (dict(dry_run='yes'), 'dry_run'),
+    (dict(strategy='highest'), 'strategy'),
+    (dict(random_units=-1), 'random_units'),
+    (dict(seed=0.5), 'seed'),
 ])
 def test_bad_hook_options(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -162,7 +173,7 @@ def test_bad_hook_options(kwargs, key):
 def test_hook_builds_from_registry():
     from mmdet.registry import HOOKS
     hook = HOOKS.build(dict(type='ELAPruneHook', quantile=0.2))
-    assert isinstance(hook, ELAPruneHook) and hook.quantile == 0.2
+    assert isinstance(hook, ELAPruneHook) and hook.selector.quantile == 0.2
 
 
 def test_stacks_are_found_in_detector():
@@ -172,15 +183,15 @@ def test_stacks_are_found_in_detector():
     cfg = Config.fromfile('configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py')
     model = MODELS.build(cfg.model)
     names = list(attention_stacks(model))
-    assert names == [f'backbone.layer{i}.attn' for i in range(1, 5)] + [
-        'neck.attn'
-    ]
+    assert names == [f'backbone.layer{i}.attn'
+                     for i in range(1, 5)] + ['neck.attn']
 
 
 def test_corrupted_checkpoint_is_refused_clearly(tmp_path):
     import subprocess
 
-    from conftest import PYTHON, ROOT, run_env
+    from helpers import PYTHON, ROOT, run_env
+
     from mmdet_ela.utils import check_checkpoint_file
     good = tmp_path / 'good.pth'
     torch.save({'state_dict': _backbone().state_dict()}, good)
@@ -197,9 +208,193 @@ def test_corrupted_checkpoint_is_refused_clearly(tmp_path):
         check_checkpoint_file(str(tmp_path / 'flipped.pth'))
     with pytest.raises(FileNotFoundError):
         check_checkpoint_file(str(tmp_path / 'missing.pth'))
-    out = subprocess.run(
-        [PYTHON, 'tools/test.py',
-         'configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py', str(bad)],
-        capture_output=True, text=True, env=run_env(), cwd=ROOT)
+    out = subprocess.run([
+        PYTHON, 'tools/test.py',
+        'configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py',
+        str(bad)
+    ],
+                         capture_output=True,
+                         text=True,
+                         env=run_env(),
+                         cwd=ROOT)
     assert out.returncode != 0
     assert 'is corrupted' in out.stderr
+
+
+# ------------------------------------------------- mask validation (8.4)
+@pytest.mark.parametrize('bad', [[2, 5], [1, float('nan')], [0.5, 1]])
+def test_non_binary_masks_are_refused_naming_the_key(bad):
+    model = _backbone()
+    with pytest.raises(ValueError, match=r'layer2\.attn.*allowed values'):
+        apply_masks(model, {**get_masks(model), 'layer2.attn': bad})
+    state = model.state_dict()
+    state['layer2.attn.mask'] = torch.tensor(bad)
+    fresh = _backbone()
+    with pytest.raises(
+            ValueError, match=r'layer2\.attn\.mask.*allowed values'):
+        fresh.load_state_dict(state)
+    assert count_units(fresh)['pruned'] == 0
+    assert count_units(model)['pruned'] == 0
+
+
+def _r(depth):
+    return _backbone(depth=depth, base_channels=16, dim_per_head=16)
+
+
+def _r50_pruned_state():
+    r50 = _r(50)
+    masks = get_masks(r50)
+    masks['layer1.attn'][1] = False
+    masks['layer3.attn'][2] = False
+    apply_masks(r50, masks)
+    return r50.state_dict()
+
+
+@pytest.mark.parametrize('loader', ['torch', 'mmengine', 'checkpoint'])
+def test_failed_mask_load_leaves_the_model_unpruned(loader, tmp_path):
+    """An R-50 checkpoint's masks into an R-101: refused before layer1 (whose
+    mask fits) is pruned; it used to be pruned before the layer3 error."""
+    from mmengine.runner import load_checkpoint, load_state_dict
+    state = _r50_pruned_state()
+    r101 = _r(101)
+    with pytest.raises(ValueError, match=r'layer3\.attn\.mask.*length 23'):
+        if loader == 'torch':
+            r101.load_state_dict(state)
+        elif loader == 'mmengine':
+            load_state_dict(r101, state)
+        else:
+            torch.save({'state_dict': state}, tmp_path / 'r50.pth')
+            load_checkpoint(r101, str(tmp_path / 'r50.pth'))
+    assert count_units(r101)['pruned'] == 0
+
+
+def test_apply_masks_validates_every_stack_first():
+    model = _backbone()
+    masks = get_masks(model)
+    masks['layer1.attn'][1] = False  # fits
+    masks['layer4.attn'] = [True, 3]  # does not
+    with pytest.raises(ValueError, match=r'layer4\.attn'):
+        apply_masks(model, masks)
+    assert count_units(model)['pruned'] == 0
+    masks.pop('layer4.attn')
+    with pytest.raises(ValueError, match=r"lacks stacks \['layer4.attn'\]"):
+        apply_masks(model, masks)
+    assert count_units(model)['pruned'] == 0
+
+
+def test_load_masks_from_files_records_and_checkpoints(tmp_path):
+    import json
+
+    from mmdet_ela.pruning import load_masks, load_records
+    model = _backbone()
+    masks = _some_mask(model)
+    plain = tmp_path / 'mask.json'
+    plain.write_text(
+        json.dumps({
+            k: [int(v) for v in m]
+            for k, m in masks.items()
+        }))
+    assert load_masks(str(plain)) == masks
+    records = tmp_path / 'ela_prune'
+    records.mkdir()
+    for k in (2, 10, 1):  # round_10 is the latest, not round_2
+        mask = dict(masks, **{'layer1.attn': [True, k != 10]})
+        (records / f'round_{k}.json').write_text(
+            json.dumps(dict(round=k, mask=mask)))
+    assert [r['round'] for r in load_records(str(tmp_path))] == [1, 2, 10]
+    assert load_masks(str(records))['layer1.attn'] == [True, False]
+    assert load_masks(str(records / 'round_2.json')) == masks
+    apply_masks(model, masks)
+    torch.save(
+        {
+            'state_dict': {
+                'backbone.' + k: v
+                for k, v in model.state_dict().items()
+            }
+        }, tmp_path / 'ckpt.pth')
+    assert load_masks(str(tmp_path / 'ckpt.pth')) == {
+        'backbone.' + k: m
+        for k, m in masks.items()
+    }
+    # bad values are refused, naming the key
+    plain.write_text(json.dumps({'layer1.attn': [1, 2]}))
+    with pytest.raises(ValueError, match=r'layer1\.attn.*allowed values'):
+        load_masks(str(plain))
+    state = {'backbone.layer1.attn.mask': torch.tensor([1.0, float('nan')])}
+    torch.save({'state_dict': state}, tmp_path / 'nan.pth')
+    with pytest.raises(
+            ValueError, match=r'backbone\.layer1\.attn\.mask.*allowed'):
+        load_masks(str(tmp_path / 'nan.pth'))
+
+
+# ------------------------------------------------------------- scoring
+def test_scorer_matches_direct_kl_and_skips_non_finite_samples():
+    from mmdet_ela.pruning import AdjacentUnitScorer, record_attention
+    from mmdet_ela.redundancy import adjacent_kl
+    torch.manual_seed(0)
+    model = _backbone().eval()
+    apply_masks(model, {**get_masks(model), 'layer3.attn': [True, False]})
+    scorer = AdjacentUnitScorer(model)
+    x = torch.rand(3, 3, 64, 64)
+    unit = model.layer2.attn.units['1']  # the last unit of its stage
+
+    def poison(module, args, out):
+        module.attention[1, 0, 0] = float('nan')
+
+    with torch.no_grad(), record_attention(model):
+        model(x)
+        scorer.update()
+        expected = adjacent_kl(model.layer1.attn.units['0'].attention,
+                               model.layer1.attn.units['1'].attention)
+        handle = unit.register_forward_hook(poison)
+        model(x)
+        handle.remove()
+        scorer.update()
+    scores = scorer.scores()
+    assert scorer.batches == 2 and scorer.skipped == 1
+    assert scores['layer1.attn'][0] is None
+    assert scores['layer1.attn'][1] == pytest.approx(expected.mean().item())
+    assert scores['layer3.attn'] == [None, None]  # unit 1 was pruned
+    assert all(v is not None for v in scores['layer2.attn'][1:])
+    scorer.reduce()  # no process group: a no-op
+    assert scorer.scores() == scores
+
+
+# ------------------------------------------------------------ schedule
+def test_schedule_points_are_met_by_later_validation_rounds():
+    from mmdet_ela.pruning.schedule import is_due, planned_rounds
+
+    # begin=1, interval=2, validation every 2 epochs: points 1, 3, 5
+    assert planned_rounds([2, 4, 6], 1, 2, max_rounds=9) == [2, 4, 6]
+    # interval 3 with validation every 3 iterations: points 1, 4, 7
+    assert planned_rounds([3, 6, 9], 1, 3, max_rounds=9) == [3, 6, 9]
+    # one round covers every point it passed
+    assert planned_rounds([4, 8], 1, 1, max_rounds=9) == [4, 8]
+    assert planned_rounds([2, 4, 6], 1, 2, max_rounds=2) == [2, 4]
+    assert planned_rounds([1, 2], 5, 1, max_rounds=1) == []  # past the end
+    # resumed after the round at 4: the next is due at 6 (point 5)
+    assert planned_rounds([2, 4, 6], 1, 2, 9, after=4, last_scored=4) == [6]
+    assert not is_due(0, 1, 1, None) and is_due(1, 1, 1, None)
+    assert is_due(3, 0, 3, 0) and not is_due(5, 0, 3, 3)
+
+
+def test_records_table_and_explanations(tmp_path):
+    from mmdet_ela.pruning import (format_table, load_records, make_record,
+                                   write_record)
+    from mmdet_ela.redundancy import ebqm_select
+    mask = {'s': [True, True], 't': [True]}
+    result = ebqm_select({'s': [None, 0.2], 't': [None]}, mask)
+    record = make_record(result, 1, scored_batches=3, quantile=0.3)
+    assert record['alpha'] is None and record['num_pruned_now'] == 0
+    assert record['note'] == ('nothing pruned: only one candidate, so there '
+                              'is no distribution to fit')
+    table = format_table(record)
+    assert 'alpha=-' in table and record['note'] in table
+    assert 's.1' in table and 'no spread in scores' in table
+    record = make_record(result, 2, scored_batches=0)
+    assert record['note'] == 'nothing pruned: no validation batch was scored'
+    for k in (10, 2):
+        write_record(str(tmp_path), dict(record, round=k))
+    assert [r['round'] for r in load_records(str(tmp_path))] == [2, 10]
+    with pytest.raises(FileNotFoundError, match='no round_'):
+        load_records(str(tmp_path / 'none'))

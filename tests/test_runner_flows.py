@@ -1,30 +1,27 @@
-"""Real mmengine Runners on a tiny ELA RetinaNet: resume, score -> prune -> train ->
-checkpoint -> resume -> test, pruned checkpoints with the unchanged config, and two
-gloo processes."""
+"""Real mmengine Runners on a tiny ELA RetinaNet: resume, score -> prune ->
+train -> checkpoint -> resume -> test, pruned checkpoints with the unchanged
+config, and two gloo processes."""
 import glob
-import json
 import os.path as osp
 import subprocess
 
 import pytest
-import torch
+from helpers import PYTHON, ROOT, free_port, read_json, run_env, tiny_config
 from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401
-from mmdet_ela.models import count_units, get_masks, unwrap
-from conftest import PYTHON, ROOT, free_port, run_env, tiny_config
+from mmdet_ela.pruning import count_units, get_masks, load_masks, unwrap
+from mmdet_ela.utils import load_checkpoint_file
 
 pytestmark = pytest.mark.slow
 
 
 def _masks_in(path):
-    state = torch.load(path, map_location='cpu')['state_dict']
-    return {k[:-len('.mask')]: [bool(v) for v in t.tolist()]
-            for k, t in state.items() if k.endswith('attn.mask')}
+    return load_masks(path)
 
 
 def test_resume_plain_training(tiny_shapes, tmp_path):
-    """Save, then resume through the Runner (torch >= 2.6 weights-only load)."""
+    """Save, then resume through the Runner (weights-only load)."""
     work = str(tmp_path / 'wd')
     cfg = tiny_config(tiny_shapes, work, max_epochs=1, max_rounds=0)
     Runner.from_cfg(cfg).train()
@@ -35,7 +32,7 @@ def test_resume_plain_training(tiny_shapes, tmp_path):
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert runner.epoch == 2
-    ckpt = torch.load(osp.join(work, 'epoch_2.pth'))  # weights_only default
+    ckpt = load_checkpoint_file(osp.join(work, 'epoch_2.pth'))
     assert ckpt['meta']['epoch'] == 2
     assert ckpt['meta']['iter'] == 2 * 4
 
@@ -49,7 +46,7 @@ def test_score_prune_train_resume_test(tiny_shapes, tmp_path):
     dense_params = sum(p.numel() for p in model.parameters())
     runner.train()
 
-    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    record = read_json(osp.join(work, 'ela_prune', 'round_1.json'))
     assert record['round'] == 1 and record['num_pruned_now'] >= 1
     assert not glob.glob(osp.join(work, 'ela_prune', 'round_2.json'))
     mask = get_masks(model)
@@ -67,7 +64,8 @@ def test_score_prune_train_resume_test(tiny_shapes, tmp_path):
     # it with the pruned model, and every later one is pruned too.
     for e in (1, 2, 3):
         assert _masks_in(osp.join(work, f'epoch_{e}.pth')) == mask
-    assert torch.load(osp.join(work, 'epoch_1.pth'))['meta']['epoch'] == 1
+    assert load_checkpoint_file(osp.join(work,
+                                         'epoch_1.pth'))['meta']['epoch'] == 1
 
     # Kill after pruning, then resume from epoch 1: the pruned structure is
     # restored before model and optimizer load, and training continues.
@@ -85,11 +83,16 @@ def test_score_prune_train_resume_test(tiny_shapes, tmp_path):
     # tools/test.py on the pruned checkpoint with the unchanged config.
     cfg_path = osp.join(work, 'tiny.py')
     cfg.dump(cfg_path)
-    out = subprocess.run(
-        [PYTHON, osp.join(ROOT, 'tools', 'test.py'), cfg_path,
-         osp.join(work, 'epoch_3.pth'), '--work-dir',
-         str(tmp_path / 'test')],
-        capture_output=True, text=True, env=run_env(), cwd=ROOT)
+    out = subprocess.run([
+        PYTHON,
+        osp.join(ROOT, 'tools', 'test.py'), cfg_path,
+        osp.join(work, 'epoch_3.pth'), '--work-dir',
+        str(tmp_path / 'test')
+    ],
+                         capture_output=True,
+                         text=True,
+                         env=run_env(),
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'coco/bbox_mAP' in out.stdout + out.stderr
 
@@ -103,8 +106,8 @@ def test_load_from_pruned_checkpoint(tiny_shapes, tmp_path):
     mask = _masks_in(osp.join(work, 'epoch_1.pth'))
     assert not all(all(m) for m in mask.values())
 
-    cfg = tiny_config(tiny_shapes, str(tmp_path / 'b'), max_epochs=1,
-                      max_rounds=0)
+    cfg = tiny_config(
+        tiny_shapes, str(tmp_path / 'b'), max_epochs=1, max_rounds=0)
     cfg.load_from = osp.join(work, 'epoch_1.pth')
     runner = Runner.from_cfg(cfg)
     runner.train()
@@ -114,25 +117,30 @@ def test_load_from_pruned_checkpoint(tiny_shapes, tmp_path):
 
     # A backbone init_cfg that points at a pruned checkpoint prunes the model
     # after the optimizer was built: the hook brings the optimizer in step.
-    cfg = tiny_config(tiny_shapes, str(tmp_path / 'c'), max_epochs=1,
-                      max_rounds=0)
+    cfg = tiny_config(
+        tiny_shapes, str(tmp_path / 'c'), max_epochs=1, max_rounds=0)
     cfg.model.backbone.init_cfg = dict(
-        type='Pretrained', checkpoint=osp.join(work, 'epoch_1.pth'),
+        type='Pretrained',
+        checkpoint=osp.join(work, 'epoch_1.pth'),
         prefix='backbone.')
     runner = Runner.from_cfg(cfg)
     runner.train()
-    backbone_masks = {k: v for k, v in mask.items()
-                      if k.startswith('backbone.')}
-    assert {k: v for k, v in get_masks(runner.model).items()
-            if k.startswith('backbone.')} == backbone_masks
+    backbone_masks = {
+        k: v
+        for k, v in mask.items() if k.startswith('backbone.')
+    }
+    assert {
+        k: v
+        for k, v in get_masks(runner.model).items()
+        if k.startswith('backbone.')
+    } == backbone_masks
     opt = runner.optim_wrapper.optimizer
     assert {id(p) for g in opt.param_groups for p in g['params']} == \
         {id(p) for p in runner.model.parameters()}
 
     # Inference API on the pruned checkpoint with the unchanged config.
     from mmdet.apis import inference_detector, init_detector
-    detector = init_detector(cfg, osp.join(work, 'epoch_1.pth'),
-                             device='cpu')
+    detector = init_detector(cfg, osp.join(work, 'epoch_1.pth'), device='cpu')
     assert get_masks(detector) == mask
     image = glob.glob(osp.join(tiny_shapes, 'val', '*.png'))[0]
     result = inference_detector(detector, image)
@@ -155,12 +163,18 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
     cfg.dump(cfg_path)
     env = run_env()
     env.update(PYTHON=PYTHON, PORT=free_port())
-    out = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2',
-         '--work-dir', work],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    out = subprocess.run([
+        'bash',
+        osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2', '--work-dir',
+        work
+    ],
+                         capture_output=True,
+                         text=True,
+                         env=env,
+                         cwd=ROOT,
+                         timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    record = read_json(osp.join(work, 'ela_prune', 'round_1.json'))
     assert len(record['rank_masks']) == 2
     assert record['rank_masks'][0] == record['rank_masks'][1] == \
         record['mask']
@@ -171,37 +185,53 @@ def test_two_gloo_processes(tiny_shapes, tmp_path):
 
     # Resume on 2 processes from the re-saved, pruned epoch-1 checkpoint.
     env['PORT'] = free_port()
-    out = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2',
-         '--work-dir', work, '--resume', osp.join(work, 'epoch_1.pth')],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    out = subprocess.run([
+        'bash',
+        osp.join(ROOT, 'tools', 'dist_train.sh'), cfg_path, '2', '--work-dir',
+        work, '--resume',
+        osp.join(work, 'epoch_1.pth')
+    ],
+                         capture_output=True,
+                         text=True,
+                         env=env,
+                         cwd=ROOT,
+                         timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert 'resumed epoch: 1' in out.stdout + out.stderr
 
     # tools/dist_test.sh on 2 processes, pruned checkpoint, unchanged config.
     env['PORT'] = free_port()
-    out = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), cfg_path,
-         osp.join(work, 'epoch_2.pth'), '2', '--work-dir',
-         str(tmp_path / 'test')],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    out = subprocess.run([
+        'bash',
+        osp.join(ROOT, 'tools', 'dist_test.sh'), cfg_path,
+        osp.join(work, 'epoch_2.pth'), '2', '--work-dir',
+        str(tmp_path / 'test')
+    ],
+                         capture_output=True,
+                         text=True,
+                         env=env,
+                         cwd=ROOT,
+                         timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert 'coco/bbox_mAP' in out.stdout + out.stderr
 
 
 def test_mmdet_packaged_train_py_trains_our_config(tiny_shapes, tmp_path):
-    """mmdet's own tools/train.py (shipped in the wheel) trains our small config
-    unchanged: custom_imports is all it needs."""
+    """mmdet's own tools/train.py (shipped in the wheel) trains our small
+    config unchanged: custom_imports is all it needs."""
     import mmdet
-    train_py = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools',
-                        'train.py')
+    train_py = osp.join(
+        osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
     work = str(tmp_path / 'wd')
     cfg = tiny_config(tiny_shapes, work, max_epochs=1, quantile=0.6)
     cfg_path = str(tmp_path / 'tiny.py')
     cfg.dump(cfg_path)
     out = subprocess.run([PYTHON, train_py, cfg_path, '--work-dir', work],
-                         capture_output=True, text=True, env=run_env(),
-                         cwd=ROOT, timeout=900)
+                         capture_output=True,
+                         text=True,
+                         env=run_env(),
+                         cwd=ROOT,
+                         timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert osp.exists(osp.join(work, 'epoch_1.pth'))
     assert osp.exists(osp.join(work, 'ela_prune', 'round_1.json'))
@@ -215,21 +245,21 @@ def test_iteration_based_loop(tiny_shapes, tmp_path):
 
     def iter_config():
         cfg = tiny_config(tiny_shapes, work, quantile=0.6, begin=4)
-        cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=8,
-                             val_interval=4)
-        cfg.train_dataloader.sampler = dict(type='InfiniteSampler',
-                                            shuffle=True)
-        cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=4,
-                                            by_epoch=False)
+        cfg.train_cfg = dict(
+            type='IterBasedTrainLoop', max_iters=8, val_interval=4)
+        cfg.train_dataloader.sampler = dict(
+            type='InfiniteSampler', shuffle=True)
+        cfg.default_hooks.checkpoint = dict(
+            type='CheckpointHook', interval=4, by_epoch=False)
         cfg.log_processor = dict(by_epoch=False)
         return cfg
 
     cfg = iter_config()
     runner = Runner.from_cfg(cfg)
     runner.train()
-    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    record = read_json(osp.join(work, 'ela_prune', 'round_1.json'))
     assert record['progress'] == 4 and record['num_pruned_now'] >= 1
-    ckpt = torch.load(osp.join(work, 'iter_4.pth'))
+    ckpt = load_checkpoint_file(osp.join(work, 'iter_4.pth'))
     assert ckpt['meta']['iter'] == 4
     assert _masks_in(osp.join(work, 'iter_4.pth')) == record['mask']
 
@@ -243,7 +273,8 @@ def test_iteration_based_loop(tiny_shapes, tmp_path):
 
 
 FAKE_SRUN = '''#!/usr/bin/env bash
-# Stand-in for slurm's srun on one machine: starts --ntasks copies of the command
+# Stand-in for slurm's srun on one machine: starts --ntasks copies of the
+# command
 # with the SLURM_* variables srun sets, and fails if any copy fails.
 n=1
 while [[ "$1" == -* ]]; do
@@ -275,13 +306,21 @@ def test_slurm_train_sh_on_cpu(tiny_shapes, tmp_path):
     cfg_path = str(tmp_path / 'tiny.py')
     cfg.dump(cfg_path)
     env = run_env()
-    env.update(PATH=f'{bin_dir}:{env["PATH"]}', PYTHON=PYTHON, GPUS='2',
-               MASTER_PORT=free_port(),
-               GPUS_PER_NODE='0', TASKS_PER_NODE='2')
+    env.update(
+        PATH=f'{bin_dir}:{env["PATH"]}',
+        PYTHON=PYTHON,
+        GPUS='2',
+        MASTER_PORT=free_port(),
+        GPUS_PER_NODE='0',
+        TASKS_PER_NODE='2')
     out = subprocess.run(
         ['bash', 'tools/slurm_train.sh', 'cpu', 'ela', cfg_path, work],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    record = json.load(open(osp.join(work, 'ela_prune', 'round_1.json')))
+    record = read_json(osp.join(work, 'ela_prune', 'round_1.json'))
     assert len(record['rank_masks']) == 2
     assert record['rank_masks'][0] == record['rank_masks'][1]

@@ -1,8 +1,9 @@
-"""The main job: a small ELA detector trained and pruned on CPU, on a dataset we make.
+"""The main job: a small ELA detector trained and pruned on CPU, on a dataset
+we make.
 
 1. Makes the synthetic shapes dataset under ``data/shapes`` if it is missing.
 2. Trains a small ELA RetinaNet (ELA-ResNet-18 at half width + ELA FPN) with
-   ``ELAPruneHook``: after epoch 4 it scores layer-attention redundancy on the
+   ``ELAPruneHook``: after epoch 6 it scores layer-attention redundancy on the
    validation round, prints the pruning table, prunes, and training goes on.
 3. Evaluates with the real COCO metric (pycocotools) and prints a summary.
 
@@ -10,7 +11,6 @@
 """
 import argparse
 import json
-import os
 import os.path as osp
 import time
 
@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401
 from mmdet_ela.datasets import make_shapes_dataset
-from mmdet_ela.models import count_units, unwrap
+from mmdet_ela.pruning import count_units, load_records, unwrap
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'shapes',
@@ -35,10 +35,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--num-val', type=int, default=100)
     p.add_argument('--img-size', type=int, default=160)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--epochs', type=int, default=None,
-                   help='default: the config\'s max_epochs')
-    p.add_argument('--prune-after', type=int, default=None,
-                   help='epoch after which the hook scores (default: config)')
+    p.add_argument(
+        '--epochs',
+        type=int,
+        default=None,
+        help='default: the config\'s max_epochs')
+    p.add_argument(
+        '--prune-after',
+        type=int,
+        default=None,
+        help='epoch after which the hook scores (default: config)')
     p.add_argument('--val-interval', type=int, default=None)
     return p.parse_args(argv)
 
@@ -68,8 +74,13 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def run_demo(args: argparse.Namespace) -> dict:
     start = time.time()
-    make_shapes_dataset(args.data_root, args.num_train, args.num_val,
-                        args.img_size, args.seed, progress=True)
+    make_shapes_dataset(
+        args.data_root,
+        args.num_train,
+        args.num_val,
+        args.img_size,
+        args.seed,
+        progress=True)
     cfg = build_config(args)
     runner = Runner.from_cfg(cfg)
     model = unwrap(runner.model)
@@ -77,16 +88,15 @@ def run_demo(args: argparse.Namespace) -> dict:
     runner.train()
     metrics = runner.test()
     units = count_units(model)
-    records = sorted(
-        f for f in os.listdir(osp.join(args.work_dir, 'ela_prune'))
-        if f.endswith('.json')) if osp.isdir(
-            osp.join(args.work_dir, 'ela_prune')) else []
-    pruned = []
-    for f in records:
-        record = json.load(open(osp.join(args.work_dir, 'ela_prune', f)))
-        pruned += [f'{d["group"]}.{d["index"]}' for d in record['decisions']
-                   if d['pruned']]
-    last = open(osp.join(args.work_dir, 'last_checkpoint')).read().strip()
+    record_dir = osp.join(args.work_dir, 'ela_prune')
+    records = load_records(record_dir) if osp.isdir(record_dir) else []
+    pruned = [
+        f'{d["group"]}.{d["index"]}' for record in records
+        if not record.get('dry_run') for d in record['decisions']
+        if d['pruned']
+    ]
+    with open(osp.join(args.work_dir, 'last_checkpoint')) as f:
+        last = f.read().strip()
     summary = dict(
         bbox_mAP=metrics.get('coco/bbox_mAP'),
         bbox_mAP_50=metrics.get('coco/bbox_mAP_50'),
@@ -95,13 +105,18 @@ def run_demo(args: argparse.Namespace) -> dict:
         pruned_units=pruned,
         params_dense=dense_params,
         params_final=sum(p.numel() for p in model.parameters()),
-        checkpoint=last,
-        log_dir=runner.log_dir,
-        prune_records=osp.join(args.work_dir, 'ela_prune'),
+        checkpoint=_relative(last),
+        log_dir=_relative(runner.log_dir),
+        prune_records=_relative(record_dir),
         minutes=round((time.time() - start) / 60, 1))
     with open(osp.join(args.work_dir, 'demo_summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the working directory, as a user would type it."""
+    return osp.relpath(path)
 
 
 def main(argv=None) -> None:

@@ -1,8 +1,10 @@
-"""Keep the optimizer and the DDP wrapper in step with a model that lost parameters."""
+"""Keep the optimizer and the DDP wrapper in step with a model that lost
+parameters."""
 from typing import Iterable, List
 
 import torch
 import torch.nn as nn
+from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from torch.nn.parallel import DistributedDataParallel
 
@@ -20,8 +22,8 @@ def drop_parameters(optim_wrapper, removed: Iterable[nn.Parameter]) -> int:
     """Remove parameters, and their state, from every optimizer of the wrapper.
 
     Each param group keeps its place even when it becomes empty: with
-    ``paramwise_cfg`` there is one group per parameter, and the LR schedulers and a
-    resumed optimizer state both index the groups by position.
+    ``paramwise_cfg`` there is one group per parameter, and the LR schedulers
+    and a resumed optimizer state both index the groups by position.
 
     Returns:
         int: how many parameter entries were removed.
@@ -38,12 +40,35 @@ def drop_parameters(optim_wrapper, removed: Iterable[nn.Parameter]) -> int:
     return count
 
 
+def drop_stale_parameters(optim_wrapper, model: nn.Module) -> int:
+    """Remove from the optimizers every parameter ``model`` no longer holds.
+
+    Returns:
+        int: how many parameter entries were removed.
+    """
+    alive = {id(p) for p in model.parameters()}
+    stale = [
+        p for o in optimizers(optim_wrapper) for g in o.param_groups
+        for p in g['params'] if id(p) not in alive
+    ]
+    return drop_parameters(optim_wrapper, stale) if stale else 0
+
+
 def rewrap_ddp(runner) -> None:
     """Wrap ``runner.model`` again after its parameters changed (DDP only).
 
-    DDP registers its parameters once; a new wrapper is the supported way to change
-    them, and keeps ``find_unused_parameters=False`` valid.
+    DDP registers its parameters once; a new wrapper is the supported way to
+    change them, and keeps ``find_unused_parameters=False`` valid.
     """
     if isinstance(runner.model, DistributedDataParallel):
         runner.model = runner.wrap_model(
             runner.cfg.get('model_wrapper_cfg'), runner.model.module)
+
+
+def sync_optimizer_and_ddp(runner) -> None:
+    """After pruning: the optimizer drops the removed parameters (and their
+    state) and a DDP wrapper is built again around the pruned model."""
+    model = runner.model.module if is_model_wrapper(runner.model) \
+        else runner.model
+    drop_stale_parameters(runner.optim_wrapper, model)
+    rewrap_ddp(runner)

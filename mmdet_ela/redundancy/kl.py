@@ -1,13 +1,13 @@
 """KL redundancy scores between adjacent layer-attention units.
 
-See DESIGN.md section 4. For adjacent units ``a`` then ``b`` with attention
+See ``docs/method.md``. For adjacent units ``a`` then ``b`` with attention
 distributions ``A_a`` ([N, G, S_a]) and ``A_b`` ([N, G, S_b]), ``A_a`` is
 zero-padded at the end to ``S_b`` (``P_a``; the extra slots are ``b``'s own
-memory entries) and the redundancy of ``b`` is ``KL(P_a || A_b)``, averaged over
-samples, heads and scored batches. This module has no mmengine/mmdet imports.
+memory entries) and the redundancy of ``b`` is ``KL(P_a || A_b)``, averaged
+over samples, heads and scored batches. This module has no mmengine/mmdet
+imports.
 """
 from __future__ import annotations
-
 from typing import Dict, Hashable, Iterable, List, Optional, Union
 
 import torch
@@ -62,10 +62,12 @@ class RedundancyAccumulator:
     """Running sums of adjacent-unit KL divergences, one entry per key.
 
     Nothing is stored per batch: each :meth:`update` adds the sum of the
-    [N, G] KL values to ``sums[k]`` and their number to ``counts[k]``.
-    ``sums`` and ``counts`` are the internal float64 tensors (not copies), so a
-    caller may ``all_reduce`` them in place (SUM) across processes before
-    calling :meth:`scores`.
+    [N, G] KL values to ``sums[k]`` and their number to ``counts[k]``. A sample
+    whose KL is not finite for some head (NaN or inf attention, e.g. after an
+    fp16 overflow) is left out whole and counted in ``skipped[k]``, so one bad
+    sample never poisons a score. ``sums``, ``counts`` and ``skipped`` are the
+    internal float64 tensors (not copies), so a caller may ``all_reduce`` them
+    in place (SUM) across processes before calling :meth:`scores`.
 
     Args:
         keys: ordered, unique hashable keys, e.g. ``('backbone.layer2', 3)``.
@@ -73,17 +75,23 @@ class RedundancyAccumulator:
             CUDA device when reducing with NCCL.
     """
 
-    def __init__(self, keys: Iterable[Hashable],
+    def __init__(self,
+                 keys: Iterable[Hashable],
                  device: Optional[Union[str, torch.device]] = None) -> None:
         self._keys: List[Hashable] = list(keys)
         self._index: Dict[Hashable, int] = {}
         for i, key in enumerate(self._keys):
             if key in self._index:
-                raise ValueError(f'RedundancyAccumulator: duplicate key {key!r}')
+                raise ValueError(
+                    f'RedundancyAccumulator: duplicate key {key!r}')
             self._index[key] = i
         dev = torch.device('cpu') if device is None else torch.device(device)
-        self._sums = torch.zeros(len(self._keys), dtype=torch.float64, device=dev)
-        self._counts = torch.zeros(len(self._keys), dtype=torch.float64, device=dev)
+        self._sums = torch.zeros(
+            len(self._keys), dtype=torch.float64, device=dev)
+        self._counts = torch.zeros(
+            len(self._keys), dtype=torch.float64, device=dev)
+        self._skipped = torch.zeros(
+            len(self._keys), dtype=torch.float64, device=dev)
 
     @property
     def keys(self) -> List[Hashable]:
@@ -92,13 +100,18 @@ class RedundancyAccumulator:
 
     @property
     def sums(self) -> Tensor:
-        """Float64 tensor [K] of summed KL values (shared, in-place reducible)."""
+        """Float64 tensor [K] of summed KL values (shared, reducible)."""
         return self._sums
 
     @property
     def counts(self) -> Tensor:
         """Float64 tensor [K] of how many KL values were summed (shared)."""
         return self._counts
+
+    @property
+    def skipped(self) -> Tensor:
+        """Float64 tensor [K] of samples left out as non-finite (shared)."""
+        return self._skipped
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -120,18 +133,26 @@ class RedundancyAccumulator:
             attn: [N, G, S_b] attention of the unit named by ``key``.
         """
         i = self._idx(key)
-        kl = adjacent_kl(prev_attn.detach(), attn.detach())
-        self._sums[i] += kl.sum().to(self._sums.device)
-        self._counts[i] += float(kl.numel())
+        kl = adjacent_kl(prev_attn.detach(), attn.detach())  # [N, G]
+        finite = torch.isfinite(kl).all(dim=1)  # [N], per sample
+        # torch.where, not indexing: no host sync per batch on CUDA.
+        kept = torch.where(finite[:, None], kl, torch.zeros_like(kl))
+        dev = self._sums.device
+        self._sums[i] += kept.sum().to(dev)
+        self._counts[i] += (finite.sum() * kl.shape[1]).to(dev, torch.float64)
+        self._skipped[i] += (~finite).sum().to(dev, torch.float64)
 
     def scores(self) -> Dict[Hashable, float]:
         """Mean KL per key (``sum / count``); NaN where nothing was counted."""
         sums = self._sums.detach().cpu().tolist()
         counts = self._counts.detach().cpu().tolist()
-        return {k: (s / c if c > 0 else float('nan'))
-                for k, s, c in zip(self._keys, sums, counts)}
+        return {
+            k: (s / c if c > 0 else float('nan'))
+            for k, s, c in zip(self._keys, sums, counts)
+        }
 
     def reset(self) -> None:
-        """Zero all sums and counts (in place)."""
+        """Zero all sums, counts and skipped counts (in place)."""
         self._sums.zero_()
         self._counts.zero_()
+        self._skipped.zero_()

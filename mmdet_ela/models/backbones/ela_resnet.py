@@ -1,25 +1,31 @@
 """ELA ResNet: mmdet's ResNet with a layer-attention unit after every block."""
-from typing import Iterator, Optional, Sequence
+from numbers import Real
+from typing import Iterator, Optional, Sequence, Union
 
 import torch.nn as nn
-from mmdet.models.backbones.resnet import ResNet
+from mmdet.models.backbones.resnet import ResLayer, ResNet
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import LayerAttentionMemory, LayerAttentionStack
+from ..layers import (LayerAttentionMemory, LayerAttentionStack,
+                      attention_norm_cfg)
+from ..layers.attention_stack import guard_mask_loading
 
 
 class ELAResLayer(BaseModule):
     """A ResNet stage whose blocks share one layer-attention memory.
 
-    The blocks keep mmdet's names (``0``, ``1``, ...), so ``layer1.0.conv1.weight``
-    means the same as in :class:`mmdet.models.ResLayer`; the units live in ``attn``.
+    The blocks keep mmdet's names (``0``, ``1``, ...), so
+    ``layer1.0.conv1.weight`` means the same as in
+    :class:`mmdet.models.ResLayer`; the units live in ``attn``. Indexing,
+    slicing, ``len`` and iteration behave as on ``nn.Sequential``.
 
     Args:
         blocks (nn.Sequential): the stage built by mmdet's ``ResLayer``.
-        attn (LayerAttentionStack, optional): one unit per block; None = plain stage.
+        attn (LayerAttentionStack, optional): one unit per block; None = plain
+            stage.
     """
 
     def __init__(self, blocks: nn.Sequential,
@@ -33,7 +39,10 @@ class ELAResLayer(BaseModule):
     def __len__(self) -> int:
         return self.num_blocks
 
-    def __getitem__(self, index: int) -> nn.Module:
+    def __getitem__(self, index: Union[int, slice]):
+        if isinstance(index, slice):
+            return nn.Sequential(*(getattr(self, str(i))
+                                   for i in range(self.num_blocks)[index]))
         return getattr(self, str(range(self.num_blocks)[index]))
 
     def __iter__(self) -> Iterator[nn.Module]:
@@ -49,29 +58,42 @@ class ELAResLayer(BaseModule):
         return x
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @MODELS.register_module()
 class ELAResNet(ResNet):
-    """ResNet backbone with Efficient Layer Attention inside every stage.
+    """ResNet backbone with Efficient Layer Attention inside its stages.
 
-    Takes every argument of :class:`mmdet.models.ResNet` (``depth``, ``out_indices``,
-    ``frozen_stages``, ``norm_cfg``, ``norm_eval``, ``with_cp``, ``style``, ``dcn``,
-    ``stage_with_dcn``, ``plugins``, ``zero_init_residual``, ``init_cfg`` ...) and
-    keeps its parameter names, so its checkpoints (e.g. ``torchvision://resnet50``)
-    load into the residual path. At init the attention output norms are zero and the
-    network computes exactly what ResNet computes.
+    Takes every argument of :class:`mmdet.models.ResNet` (``depth``,
+    ``out_indices``, ``frozen_stages``, ``norm_cfg``, ``norm_eval``,
+    ``with_cp``, ``style``, ``dcn``, ``stage_with_dcn``, ``plugins``,
+    ``zero_init_residual``, ``init_cfg`` ...) and keeps its parameter names, so
+    its checkpoints (e.g. ``torchvision://resnet50``) load into the residual
+    path. The attention output norms start at zero: the network computes
+    exactly what ResNet computes, from construction on.
+
+    Stages frozen by ``frozen_stages`` carry no units: a frozen unit would stay
+    the identity for good and cost time at every step. A dense checkpoint of
+    an older version with such (zero, identity) units loads: their keys are
+    dropped on load. Bad arguments raise ``ValueError`` naming the option and
+    the allowed values (where mmdet's ResNet raises ``KeyError`` or a bare
+    ``AssertionError``).
 
     Args:
         depth (int): 18, 34, 50, 101 or 152.
         dim_per_head (int): channels per attention head. Must divide the output
             channels of every stage that carries attention. Default: 32.
         stage_with_attention (Sequence[bool], optional): which stages carry
-            attention units. Default: all of them.
-        drop_path_rate (float): stochastic depth on the attention branches, rising
-            linearly from 0 to this value over all units. Default: 0.
-        attn_norm_cfg (dict, optional): norm of the attention outputs. Default: the
-            type of ``norm_cfg`` (so SyncBN stays SyncBN) with ``requires_grad=True``.
-            These norms are new layers with no pretrained statistics: ``norm_eval``
-            leaves them in training mode (frozen stages freeze them).
+            units. Default: every stage that ``frozen_stages`` leaves
+            trainable. A unit in a frozen stage is a ``ValueError``.
+        drop_path_rate (float): stochastic depth on the attention branches,
+            rising linearly from 0 to this value over all units. Default: 0.
+        attn_norm_cfg (dict, optional): norm of the attention outputs.
+            Default: ``norm_cfg`` with ``requires_grad=True`` (SyncBN stays
+            SyncBN, GN keeps its groups). These norms are new layers without
+            pretrained statistics: ``norm_eval`` leaves them in training mode.
         **kwargs: the arguments of :class:`mmdet.models.ResNet`.
 
     Example:
@@ -89,85 +111,148 @@ class ELAResNet(ResNet):
                  attn_norm_cfg: Optional[dict] = None,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
+        frozen = kwargs.get('frozen_stages', -1)
+        self._check_args(depth, num_stages, kwargs, drop_path_rate)
         if stage_with_attention is None:
-            stage_with_attention = (True, ) * num_stages
-        self._check_args(depth, num_stages, kwargs, dim_per_head,
-                         stage_with_attention, drop_path_rate)
-        super().__init__(depth, **kwargs)
-        if attn_norm_cfg is None:
-            attn_norm_cfg = dict(type=self.norm_cfg['type'], requires_grad=True)
+            stage_with_attention = [i >= frozen for i in range(num_stages)]
+        stage_with_attention = self._check_stages(stage_with_attention,
+                                                  num_stages, frozen)
+        self._check_dim_per_head(depth, num_stages, kwargs, dim_per_head,
+                                 stage_with_attention)
+        # Read by make_res_layer, which ResNet.__init__ calls for each stage.
         self.dim_per_head = dim_per_head
-        self.stage_with_attention = tuple(stage_with_attention)
+        self.stage_with_attention = stage_with_attention
         self.drop_path_rate = drop_path_rate
+        self.attn_norm_cfg = attn_norm_cfg or attention_norm_cfg(
+            kwargs.get('norm_cfg', dict(type='BN')))
+        blocks = self.arch_settings[depth][1][:num_stages]
+        num_units = sum(n for n, a in zip(blocks, stage_with_attention) if a)
+        self._drop_path_rates = iter([
+            drop_path_rate * i / max(num_units - 1, 1)
+            for i in range(num_units)
+        ])
+        super().__init__(depth, **kwargs)
+        # Validate every stage's pruning mask before any stage prunes.
+        guard_mask_loading(self)
 
-        num_units = sum(n for n, a in zip(self.stage_blocks,
-                                          stage_with_attention) if a)
-        rates = iter([drop_path_rate * i / max(num_units - 1, 1)
-                      for i in range(num_units)])
-        for i, layer_name in enumerate(self.res_layers):
-            blocks = getattr(self, layer_name)
-            attn = None
-            if stage_with_attention[i]:
-                channels = self.base_channels * 2**i * self.block.expansion
-                attn = LayerAttentionStack(
-                    [channels] * len(blocks),
-                    dim_per_head=dim_per_head,
-                    norm_cfg=attn_norm_cfg,
-                    drop_path_rates=[next(rates) for _ in blocks],
-                    with_cp=self.with_cp)
-            setattr(self, layer_name, ELAResLayer(blocks, attn))
-        self._freeze_stages()
+    def make_res_layer(self, **kwargs) -> ELAResLayer:
+        """mmdet's ResLayer, wrapped with the stage's attention units."""
+        # ResNet.__init__ appends to res_layers after each call: its length
+        # is the index of the stage being built.
+        stage = len(self.res_layers)
+        blocks = ResLayer(**kwargs)
+        attn = None
+        if self.stage_with_attention[stage]:
+            channels = kwargs['planes'] * self.block.expansion
+            attn = LayerAttentionStack(
+                [channels] * len(blocks),
+                dim_per_head=self.dim_per_head,
+                norm_cfg=self.attn_norm_cfg,
+                drop_path_rates=[next(self._drop_path_rates) for _ in blocks],
+                with_cp=kwargs.get('with_cp', False))
+        return ELAResLayer(blocks, attn)
 
-    def _check_args(self, depth, num_stages, kwargs, dim_per_head,
-                    stage_with_attention, drop_path_rate) -> None:
-        allowed = sorted(self.arch_settings)
-        if depth not in self.arch_settings:
+    def _check_args(self, depth, num_stages, kwargs, drop_path_rate) -> None:
+        if not _is_int(depth) or depth not in self.arch_settings:
             raise ValueError(f'ELAResNet: depth={depth!r} is not supported; '
-                             f'allowed values: {allowed}')
-        if not 1 <= num_stages <= 4:
+                             f'allowed values: {sorted(self.arch_settings)}')
+        if not _is_int(num_stages) or not 1 <= num_stages <= 4:
             raise ValueError(
-                f'ELAResNet: num_stages={num_stages} must be in 1..4')
+                f'ELAResNet: num_stages={num_stages!r} must be in 1..4')
         out_indices = kwargs.get('out_indices', (0, 1, 2, 3))
         if (len(out_indices) == 0
-                or any(not isinstance(i, int) or not 0 <= i < num_stages
+                or any(not _is_int(i) or not 0 <= i < num_stages
                        for i in out_indices)):
             raise ValueError(
                 f'ELAResNet: out_indices={tuple(out_indices)} is invalid; '
                 f'allowed values are stage indices in 0..{num_stages - 1}')
         frozen = kwargs.get('frozen_stages', -1)
-        if not -1 <= frozen <= num_stages:
-            raise ValueError(f'ELAResNet: frozen_stages={frozen} must be in '
-                             f'-1..{num_stages}')
-        if len(stage_with_attention) != num_stages:
+        if not _is_int(frozen) or not -1 <= frozen <= num_stages:
+            raise ValueError(f'ELAResNet: frozen_stages={frozen!r} must be '
+                             f'an integer in -1..{num_stages}')
+        if (isinstance(drop_path_rate, bool)
+                or not isinstance(drop_path_rate, Real)
+                or not 0.0 <= drop_path_rate < 1.0):
+            raise ValueError(f'ELAResNet: drop_path_rate={drop_path_rate!r} '
+                             'must be a number in [0, 1)')
+
+    @staticmethod
+    def _check_stages(stages, num_stages: int, frozen: int) -> tuple:
+        if (isinstance(stages,
+                       (str, bytes)) or not isinstance(stages, Sequence)
+                or any(not isinstance(a, bool) and a not in (0, 1)
+                       for a in stages)):
             raise ValueError(
-                f'ELAResNet: stage_with_attention has '
-                f'{len(stage_with_attention)} entries; expected num_stages='
-                f'{num_stages}')
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'ELAResNet: drop_path_rate={drop_path_rate} '
-                             'must be in [0, 1)')
+                f'ELAResNet: stage_with_attention={stages!r} must be a list '
+                f'of {num_stages} booleans, one per stage')
+        if len(stages) != num_stages:
+            raise ValueError(
+                f'ELAResNet: stage_with_attention has {len(stages)} entries; '
+                f'expected num_stages={num_stages}')
+        stages = tuple(bool(a) for a in stages)
+        frozen_with_units = [
+            i for i, a in enumerate(stages) if a and i < frozen
+        ]
+        if frozen_with_units:
+            raise ValueError(
+                f'ELAResNet: stage_with_attention={stages} asks for units in '
+                f'stages {frozen_with_units}, which frozen_stages={frozen} '
+                'freezes: a frozen unit stays the identity for good and '
+                'only costs time. Leave those stages False (or omit '
+                'stage_with_attention) or lower frozen_stages')
+        return stages
+
+    def _check_dim_per_head(self, depth, num_stages, kwargs, dim_per_head,
+                            stages) -> None:
         block = self.arch_settings[depth][0]
         base = kwargs.get('base_channels', 64)
         channels = [base * 2**i * block.expansion for i in range(num_stages)]
-        bad = [c for c, a in zip(channels, stage_with_attention)
-               if a and (not isinstance(dim_per_head, int) or dim_per_head <= 0
-                         or c % dim_per_head)]
-        if bad:
-            allowed = sorted({d for d in range(1, min(channels) + 1)
-                              if all(c % d == 0 for c in channels)})
+        attn_channels = [c for c, a in zip(channels, stages) if a]
+        if not _is_int(dim_per_head) or dim_per_head <= 0 or any(
+                c % dim_per_head for c in attn_channels):
+            allowed = sorted({
+                d
+                for d in range(1,
+                               min(attn_channels or channels) + 1)
+                if all(c % d == 0 for c in attn_channels or channels)
+            })
             raise ValueError(
-                f'ELAResNet: dim_per_head={dim_per_head!r} must divide the '
-                f'channels of every attention stage {channels}; '
-                f'allowed values include {allowed[-6:]}')
+                f'ELAResNet: dim_per_head={dim_per_head!r} must be a positive '
+                'integer dividing the channels of every attention stage '
+                f'{attn_channels}; allowed values include {allowed[-6:]}')
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # Checkpoints of older versions carry units in frozen stages. Those
+        # never trained: their output norm is zero, so they are the identity
+        # and dropping them changes nothing. Trained units are left for the
+        # usual unexpected-key report.
+        for i, layer_name in enumerate(self.res_layers):
+            if getattr(self, layer_name).attn is not None:
+                continue
+            unit_prefix = f'{prefix}{layer_name}.attn.'
+            keys = [k for k in state_dict if k.startswith(unit_prefix)]
+            norm_params = [
+                state_dict[k] for k in keys if k.endswith(('.weight', '.bias'))
+                and k.split('.')[-2] not in ('query', 'key', 'value')
+            ]
+            if keys and all(not t.any() for t in norm_params):
+                for k in keys:
+                    del state_dict[k]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def train(self, mode: bool = True) -> 'ELAResNet':
-        """Like ResNet.train; attention norms of trainable stages keep training."""
+        """Like ResNet.train; the attention norms keep training."""
         super().train(mode)
         if mode and self.norm_eval:
-            for i, layer_name in enumerate(self.res_layers):
+            for layer_name in self.res_layers:
                 attn = getattr(self, layer_name).attn
-                if attn is not None and i >= self.frozen_stages:
-                    for m in attn.modules():
-                        if isinstance(m, _BatchNorm):
-                            m.train()
+                if attn is None:
+                    continue
+                for m in attn.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.train()
         return self

@@ -1,8 +1,9 @@
 from .attention_stack import LayerAttentionStack
 from .layer_attention import (LayerAttention, LayerAttentionMemory,
+                              attention_norm_cfg, build_attention_norm,
                               eca_kernel_size)
 
 __all__ = [
     'LayerAttention', 'LayerAttentionMemory', 'LayerAttentionStack',
-    'eca_kernel_size'
+    'attention_norm_cfg', 'build_attention_norm', 'eca_kernel_size'
 ]

@@ -1,7 +1,9 @@
-"""A sequence of layer-attention units with a pruning mask that travels in the state_dict."""
+"""A sequence of layer-attention units, with a pruning mask that travels in the
+state_dict."""
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 from mmengine.model import BaseModule, ModuleDict
 from torch import Tensor
 
@@ -9,15 +11,17 @@ from .layer_attention import LayerAttention, LayerAttentionMemory
 
 
 class LayerAttentionStack(BaseModule):
-    """The layer-attention units of one sequence (a backbone stage or the neck).
+    """The layer-attention units of one sequence (a backbone stage, the neck).
 
-    Unit ``i`` follows block ``i`` (or pyramid level ``i``). Pruning deletes a unit's
-    modules; its block then passes its output through unchanged and later units
-    retrieve only from the units that remain.
+    Unit ``i`` follows block ``i`` (or pyramid level ``i``). Pruning deletes a
+    unit's modules; its block then passes its output through unchanged and
+    later units retrieve only from the units that remain.
 
-    The buffer ``mask`` ([T], uint8, 1 = kept) is saved with the weights. Loading a
-    state_dict with a mask into this module prunes it to that mask first, so a pruned
-    checkpoint loads strictly into a freshly built dense model.
+    The buffer ``mask`` ([T], uint8, 1 = kept) is saved with the weights.
+    Loading a state_dict with a mask into this module prunes it to that mask
+    first, so a pruned checkpoint loads strictly into a freshly built dense
+    model. Masks are checked (finite 0/1 values, length, no revived unit)
+    before anything is pruned.
 
     Args:
         channels (Sequence[int]): the channels of each unit (length T).
@@ -39,7 +43,8 @@ class LayerAttentionStack(BaseModule):
         if drop_path_rates is None:
             drop_path_rates = [0.0] * num_units
         self.units = ModuleDict({
-            str(i): LayerAttention(c, dim_per_head, norm_cfg, rate, with_cp)
+            str(i):
+            LayerAttention(c, dim_per_head, norm_cfg, rate, with_cp)
             for i, (c, rate) in enumerate(zip(channels, drop_path_rates))
         })
         self.register_buffer(
@@ -59,14 +64,14 @@ class LayerAttentionStack(BaseModule):
 
     def forward(self, index: int, x: Tensor,
                 memory: LayerAttentionMemory) -> Tensor:
-        """Apply unit ``index`` to x ([N, C, H, W]); identity if it was pruned."""
+        """Apply unit ``index`` to x ([N, C, H, W]); identity if pruned."""
         key = str(index)
         if key not in self.units:
             return x
         return self.units[key](x, memory)
 
     def prune(self, indices: Iterable[int]) -> List[int]:
-        """Delete the given units. Returns the indices that were removed now."""
+        """Delete the given units. Returns the indices removed now."""
         removed = []
         for i in sorted(set(int(i) for i in indices)):
             if not 0 <= i < self.num_units:
@@ -78,31 +83,110 @@ class LayerAttentionStack(BaseModule):
                 removed.append(i)
         return removed
 
-    def set_mask(self, mask: Sequence[bool], name: str = '') -> List[int]:
-        """Prune to ``mask`` (True/1 = kept). A pruned unit cannot come back."""
-        mask = [bool(m) for m in torch.as_tensor(mask).flatten().tolist()]
+    def check_mask(self, mask, name: str = '') -> List[bool]:
+        """``mask`` as a list of bools, if this stack can be pruned to it.
+
+        Nothing is pruned here: callers validate every stack first, then prune.
+
+        Args:
+            mask (Sequence | Tensor): one 0/1 (or bool) entry per unit,
+                1 = kept.
+            name (str): the mask's name (e.g. its state_dict key), for errors.
+                Default: ''.
+
+        Raises:
+            ValueError: a non-finite or non-binary value, a wrong length, or a
+                unit kept that this stack already pruned.
+        """
         where = f' for {name}' if name else ''
+        mask = binary_mask(mask, name)
         if len(mask) != self.num_units:
             raise ValueError(
                 f'pruning mask{where} has {len(mask)} entries, but the model '
                 f'has {self.num_units} layer-attention units there '
                 f'(expected a mask of length {self.num_units}, 1 = kept)')
-        revived = [i for i, (m, k) in enumerate(zip(mask, self.kept))
-                   if m and not k]
+        revived = [
+            i for i, (m, k) in enumerate(zip(mask, self.kept)) if m and not k
+        ]
         if revived:
             raise ValueError(
                 f'pruning mask{where} keeps units {revived}, which this model '
                 'has already pruned; pruned units cannot be restored')
+        return mask
+
+    def set_mask(self, mask, name: str = '') -> List[int]:
+        """Prune to ``mask`` (True/1 = kept). A pruned unit cannot come back.
+
+        Returns:
+            list[int]: the unit indices removed now.
+        """
+        mask = self.check_mask(mask, name)
         return self.prune(i for i, m in enumerate(mask) if not m)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
-                              strict, missing_keys, unexpected_keys,
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys,
                               error_msgs) -> None:
         # Runs before the children are loaded: prune to the saved mask first,
-        # so the remaining keys match the remaining units exactly.
+        # so the remaining keys match the remaining units exactly. A model
+        # holding several stacks validates all of them before this runs
+        # (see guard_mask_loading), so a bad mask prunes nothing.
         key = prefix + 'mask'
         if key in state_dict:
-            self.set_mask(state_dict[key], name=prefix.rstrip('.'))
+            self.set_mask(state_dict[key], name=key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+def binary_mask(value, name: str = '') -> List[bool]:
+    """Read a pruning mask: finite 0/1 (or bool) values only.
+
+    Args:
+        value (Sequence | Tensor): the mask, any shape (flattened).
+        name (str): its name (e.g. a state_dict key), for errors. Default: ''.
+
+    Returns:
+        list[bool]: True = kept.
+
+    Raises:
+        ValueError: naming ``name``, for values that are not 0 or 1.
+    """
+    where = f' {name}' if name else ''
+    try:
+        t = torch.as_tensor(value).detach().flatten().to(torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f'pruning mask{where} is not a sequence of 0/1 '
+                         f'values: {value!r} ({err})') from None
+    bad = t[~((t == 0) | (t == 1))]  # NaN and inf included
+    if bad.numel():
+        raise ValueError(
+            f'pruning mask{where} holds {sorted(set(bad.tolist()), key=str)}'
+            '; allowed values are 0 and 1 (or False/True), 1 = kept')
+    return [bool(v) for v in t.tolist()]
+
+
+def guard_mask_loading(module: nn.Module) -> None:
+    """Make ``module.load_state_dict`` all-or-nothing for pruning masks.
+
+    Registers a load_state_dict pre-hook that checks the mask of every
+    :class:`LayerAttentionStack` inside ``module`` against the incoming
+    state_dict before any stack prunes itself (torch and mmengine both load a
+    parent before its children). Idempotent.
+
+    Args:
+        module (nn.Module): a module holding stacks (a backbone, a neck, a
+            detector).
+    """
+    if getattr(module, '_ela_mask_guard', False):
+        return
+    module._ela_mask_guard = True
+    module.register_load_state_dict_pre_hook(_check_state_dict_masks)
+
+
+def _check_state_dict_masks(module: nn.Module, state_dict, prefix: str,
+                            *args) -> None:
+    for name, stack in module.named_modules():
+        if isinstance(stack, LayerAttentionStack):
+            key = prefix + (name + '.' if name else '') + 'mask'
+            if key in state_dict:
+                stack.check_mask(state_dict[key], name=key)

@@ -1,33 +1,49 @@
-"""ELA FPN: mmdet's FPN whose output levels retrieve from the coarser levels."""
+"""ELA FPN: mmdet's FPN whose levels retrieve from the coarser levels."""
+from numbers import Real
 from typing import Optional, Tuple
 
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ..layers import LayerAttentionMemory, LayerAttentionStack
+from ..layers import (LayerAttentionMemory, LayerAttentionStack,
+                      attention_norm_cfg)
+from ..layers.attention_stack import guard_mask_loading
 
 
 @MODELS.register_module()
 class ELAFPN(FPN):
     """FPN with layer attention along its pyramid, from coarse to fine.
 
-    After mmdet's FPN has produced its ``num_outs`` levels P_i ([N, C, H_i, W_i]),
-    the levels form a sequence from the coarsest to the finest. Level l gets the
-    same layer-attention unit as a backbone block: its query and key come from GAP of
-    P_l, and it retrieves a softmax mixture of the values of the coarser levels
-    (resized to its own size, nearest) and its own. The result is added to P_l
-    through a zero-initialised BN, so at init ELAFPN equals FPN. Unit 0 belongs to the
-    coarsest level; its units are scored and pruned by ``ELAPruneHook`` like the
-    backbone's.
+    After mmdet's FPN has produced its ``num_outs`` levels P_i ([N, C, H_i,
+    W_i]), the levels form a sequence from the coarsest to the finest. Level l
+    gets the same layer-attention unit as a backbone block: its query and key
+    come from GAP of P_l, and it retrieves a softmax mixture of the values of
+    the coarser levels (resized to its own size, nearest) and its own. The
+    result is added to P_l through a zero-initialised norm, so ELAFPN equals
+    FPN from construction on. Unit 0 belongs to the coarsest level; the units
+    are scored and pruned by ``ELAPruneHook`` like the backbone's.
+
+    Defaults follow :class:`ELAResNet`: the attention norm is the kind of
+    ``norm_cfg`` (BN when FPN has no norm, its default) and the drop-path rate
+    rises linearly from 0 at the coarsest level to ``drop_path_rate`` at the
+    finest.
 
     Args:
         dim_per_head (int): channels per attention head; must divide
             ``out_channels``. Default: 32.
         attn_norm_cfg (dict, optional): norm of the attention outputs.
-            Default: ``dict(type='BN', requires_grad=True)``.
-        drop_path_rate (float): stochastic depth on the attention branches.
+            Default: ``norm_cfg`` with ``requires_grad=True``, or BN.
+        drop_path_rate (float): stochastic depth on the attention branches,
+            rising from 0 to this value along the levels. Default: 0.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
+
+    Example:
+        >>> import torch
+        >>> self = ELAFPN([64, 128], 32, num_outs=3, dim_per_head=16).eval()
+        >>> feats = (torch.rand(1, 64, 16, 16), torch.rand(1, 128, 8, 8))
+        >>> [tuple(o.shape) for o in self(feats)]
+        [(1, 32, 16, 16), (1, 32, 8, 8), (1, 32, 4, 4)]
     """
 
     def __init__(self,
@@ -37,21 +53,28 @@ class ELAFPN(FPN):
                  drop_path_rate: float = 0.0,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(dim_per_head, int) or dim_per_head <= 0 or \
-                self.out_channels % dim_per_head:
+        if (isinstance(dim_per_head, bool)
+                or not isinstance(dim_per_head, int) or dim_per_head <= 0
+                or self.out_channels % dim_per_head):
             raise ValueError(
                 f'ELAFPN: dim_per_head={dim_per_head!r} must be a positive '
-                f'divisor of out_channels={self.out_channels}')
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'ELAFPN: drop_path_rate={drop_path_rate} must '
-                             'be in [0, 1)')
+                f'integer dividing out_channels={self.out_channels}')
+        if (isinstance(drop_path_rate, bool)
+                or not isinstance(drop_path_rate, Real)
+                or not 0.0 <= drop_path_rate < 1.0):
+            raise ValueError(f'ELAFPN: drop_path_rate={drop_path_rate!r} '
+                             'must be a number in [0, 1)')
         if attn_norm_cfg is None:
-            attn_norm_cfg = dict(type='BN', requires_grad=True)
+            attn_norm_cfg = attention_norm_cfg(kwargs.get('norm_cfg'))
+        last = max(self.num_outs - 1, 1)
         self.attn = LayerAttentionStack(
             [self.out_channels] * self.num_outs,
             dim_per_head=dim_per_head,
             norm_cfg=attn_norm_cfg,
-            drop_path_rates=[drop_path_rate] * self.num_outs)
+            drop_path_rates=[
+                drop_path_rate * i / last for i in range(self.num_outs)
+            ])
+        guard_mask_loading(self)  # all-or-nothing mask loading
 
     def forward(self, inputs: Tuple[Tensor]) -> tuple:
         """Backbone features -> ``num_outs`` levels, each [N, C, H_l, W_l]."""
