@@ -1,16 +1,33 @@
-"""Tests of tools/analysis/benchmark.py, tools/analysis/analyze_redundancy.py and
-mmdet_ela.analysis.plots, on tiny inputs (no timing assertions)."""
+"""Tests of the analysis package and its tools (benchmark, redundancy analysis,
+GPU check script), on tiny inputs and without timing assertions."""
+import dataclasses
 import importlib.util
 import json
+import os
 import os.path as osp
+import subprocess
 
 import numpy as np
 import pytest
 import torch
+from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
+from mmengine.config import Config
 
-from conftest import ROOT, tiny_config
+from mmdet_ela.analysis.settings import ebqm_defaults
+from mmdet_ela.analysis.timing import add_ratios, time_interleaved
+from mmdet_ela.analysis.variants import (build_model, drop_pretrained,
+                                         plain_model_cfg)
+from mmdet_ela.pruning import (apply_masks, attention_stacks, get_masks,
+                               load_masks, make_record, write_record)
+from mmdet_ela.redundancy import ebqm_select
 
 TOOLS = osp.join(ROOT, 'tools', 'analysis')
+RETINA_ELA_FPN = osp.join(ROOT, 'configs', 'retinanet',
+                          'retinanet_ela-r50_ela-fpn_1x_coco.py')
+TINY_BENCH = [
+    '--img-size', '64', '--batch-size', '1', '--warmup', '0', '--repeats', '1',
+    '--threads', '1', '--score-batches', '1'
+]
 
 
 def _load_tool(name: str):
@@ -34,209 +51,365 @@ def _png_ok(path: str) -> bool:
         return osp.getsize(path) > 1000 and f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def _check_variants(res: dict) -> None:
-    v = res['variants']
-    assert list(v) == ['plain', 'ela_dense', 'ela_ebqm', 'ela_mask']
-    for name, info in v.items():
-        assert info['train_ms'] > 0 and info['infer_ms'] > 0
-        assert len(info['train_ms_all']) == 2
-        assert info['train_ratio'] == pytest.approx(
-            info['train_ms'] / v['plain']['train_ms'])
-        assert info['infer_ratio'] == pytest.approx(
-            info['infer_ms'] / v['plain']['infer_ms'])
-    assert v['plain']['units_total'] == 0
-    assert v['ela_dense']['units_kept'] == v['ela_dense']['units_total'] > 0
-    assert v['ela_mask']['units_kept'] < v['ela_dense']['units_kept']
-    assert v['ela_mask']['params'] < v['ela_dense']['params']
-    assert v['ela_dense']['params'] > v['plain']['params']
-    assert v['ela_dense']['flops'] > v['plain']['flops']
-    assert v['ela_mask']['flops'] < v['ela_dense']['flops']
-    ebqm = v['ela_ebqm']
-    pruned = sum(d['pruned'] for d in res['ebqm']['decisions'])
-    assert ebqm['units_kept'] == ebqm['units_total'] - pruned
-    if pruned:
-        assert ebqm['params'] < v['ela_dense']['params']
-    # softmax and the attention's element-wise ops are counted
-    assert 'aten::softmax' not in res['flops']['uncounted_ops']
-    assert 'aten::addcmul_' not in res['flops']['uncounted_ops']
-    assert 'random' in res['ebqm']['note']
+def _shapes_model():
+    cfg = Config.fromfile(SHAPES_CONFIG)
+    return build_model(drop_pretrained(cfg.model)[0])
 
 
-def test_benchmark_backbone(tmp_path):
-    """Backbone mode, a .pth mask with detector names, CPU memory subprocesses."""
-    from mmdet_ela.models import ELAResNet, apply_masks, get_masks
-    bench = _load_tool('benchmark')
-    model = ELAResNet(depth=18)
+# ---------------------------------------------------------------- variants
+def test_plain_model_cfg_builds_plain_twin():
+    """No ELA module left; the residual path keeps its state_dict keys."""
+    cfg = Config.fromfile(SHAPES_CONFIG)
+    ela = build_model(cfg.model)
+    plain = build_model(plain_model_cfg(cfg.model))
+    assert attention_stacks(ela) and not attention_stacks(plain)
+    assert not [
+        m for m in plain.modules() if type(m).__name__.startswith('ELA')
+    ]
+    assert type(plain.backbone).__name__ == 'ResNet'
+    assert type(plain.neck).__name__ == 'FPN'
+    ela_keys = {k for k in ela.state_dict() if '.attn.' not in k}
+    assert set(plain.state_dict()) == ela_keys
+    plain.load_state_dict({
+        k: v
+        for k, v in ela.state_dict().items() if k in ela_keys
+    })
+
+
+def test_plain_model_cfg_on_coco_config():
+    model = Config.fromfile(RETINA_ELA_FPN).model
+    plain = plain_model_cfg(model)
+    assert plain['backbone']['type'] == 'ResNet'
+    assert plain['neck']['type'] == 'FPN'
+    for part in ('backbone', 'neck'):
+        assert not {
+            'dim_per_head', 'stage_with_attention', 'drop_path_rate',
+            'attn_norm_cfg'
+        } & set(plain[part])
+    assert plain['backbone']['depth'] == 50
+    assert plain['backbone']['init_cfg']['type'] == 'Pretrained'
+    assert model.backbone.type == 'ELAResNet'  # the input is not changed
+    dropped_cfg, dropped = drop_pretrained(model)
+    assert dropped_cfg['backbone']['init_cfg'] is None
+    assert dropped == ['backbone.init_cfg (torchvision://resnet50)']
+    with pytest.raises(TypeError, match='model_cfg'):
+        plain_model_cfg(['ELAResNet'])
+
+
+def test_variants_share_weights_and_outputs():
+    """plain gets the ELA residual weights: same outputs at initialisation."""
+    from mmdet_ela.analysis.bench_config import (BenchmarkSettings,
+                                                 build_variant, model_setup)
+    setup = model_setup(BenchmarkSettings(config=SHAPES_CONFIG))
+    plain, dense = (build_variant(setup, n, 0) for n in ('plain', 'dense'))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs = [m.eval()(x, mode='tensor') for m in (plain, dense)]
+    flat = [torch.cat([t.flatten() for t in o[0] + o[1]]) for o in outs]
+    torch.testing.assert_close(flat[0], flat[1], rtol=0, atol=0)
+    plain_setup = dataclasses.replace(
+        setup, model_cfg=plain_model_cfg(setup.model_cfg))
+    with pytest.raises(ValueError, match='no layer-attention units'):
+        build_variant(plain_setup, 'dense', 0)
+
+
+# ------------------------------------------------------------------ timing
+def test_time_interleaved_rotates_order():
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in 'abc'}
+    times = time_interleaved(fns, 1, 2, torch.device('cpu'))
+    assert calls == list('abc'
+                         'bca'
+                         'cab')  # warm-up round, then 2 timed
+    assert {n: len(t) for n, t in times.items()} == dict(a=2, b=2, c=2)
+    with pytest.raises(ValueError, match='repeats=0'):
+        time_interleaved(fns, 0, 0, torch.device('cpu'))
+    variants = dict(plain=dict(train_ms=2.0, flops=None), x=dict(train_ms=3.0))
+    add_ratios(variants, 'plain')
+    assert variants['x']['train_ratio'] == 1.5
+    assert 'flops_ratio' not in variants['x']
+
+
+# --------------------------------------------------------------- benchmark
+def _hook_record(folder) -> dict:
+    """A real round record for the shapes model that prunes some units."""
+    model = _shapes_model()
     masks = get_masks(model)
-    masks['layer3.attn'] = [True, False]
-    apply_masks(model, masks)
-    state = {'backbone.' + k: v for k, v in model.state_dict().items()}
-    ckpt = str(tmp_path / 'pruned.pth')
-    torch.save({'state_dict': state}, ckpt)
+    rng = np.random.default_rng(0)
+    scores = {
+        n: [None] + rng.random(len(m) - 1).tolist()
+        for n, m in masks.items()
+    }
+    result = ebqm_select(scores, masks, quantile=0.9, max_prune_ratio=0.5)
+    assert result.newly_pruned
+    record = make_record(result, 1, scored_batches=1, quantile=0.9)
+    write_record(str(folder), record)
+    return record
 
+
+def test_benchmark_config_every_variant(tmp_path):
+    """The shapes config: plain, dense, EBQM-pruned and a hook record."""
+    bench = _load_tool('benchmark')
+    record = _hook_record(tmp_path)
+    path = str(tmp_path / 'ela_prune' / 'round_1.json')
     out, png = str(tmp_path / 'bench.json'), str(tmp_path / 'bench.png')
     res = bench.main([
-        '--model', 'backbone', '--depth', '18', '--img-size', '64',
-        '--batch-size', '1', '--warmup', '1', '--repeats', '2', '--threads',
-        '1', '--mask', ckpt, '--out', out, '--plot', png
+        SHAPES_CONFIG, *TINY_BENCH, '--memory', 'none', '--mask', path,
+        '--out', out, '--plot', png
     ])
-    _check_variants(res)
-    assert res['variants']['ela_mask']['mask']['layer3.attn'] == [True, False]
-    for info in res['variants'].values():
-        assert info['peak_mem_mb'] > 0 and 'step_rss_mb' in info
+    v = res['variants']
+    assert list(v) == ['plain', 'dense', 'pruned', 'mask']
+    for info in v.values():
+        assert info['train_ms'] > 0 and info['infer_ms'] > 0
+        assert info['train_ratio'] == pytest.approx(info['train_ms'] /
+                                                    v['plain']['train_ms'])
+    assert v['plain']['units_total'] == 0
+    assert v['dense']['units_kept'] == v['dense']['units_total'] > 0
+    assert v['mask']['mask'] == record['mask']
+    kept = sum(sum(m) for m in record['mask'].values())
+    assert v['mask']['units_kept'] == kept < v['dense']['units_kept']
+    assert v['plain']['params'] < v['mask']['params'] < v['dense']['params']
+    assert v['plain']['flops'] < v['mask']['flops'] < v['dense']['flops']
+    assert 'aten::softmax' not in res['flops']['uncounted_ops']
+    pruned = sum(d['pruned'] for d in res['ebqm']['decisions'])
+    assert v['pruned']['units_kept'] == v['dense']['units_kept'] - pruned
+    assert 'random data' in res['ebqm']['note']
+    # the config's ELAPruneHook sets no EBQM option: EBQM's own defaults
+    assert res['ebqm_settings'] == ebqm_defaults()
     with open(out) as f:
         saved = json.load(f)
-    assert saved['variants'].keys() == res['variants'].keys()
-    assert saved['settings']['threads'] == 1
+    assert list(saved['variants']) == list(v)
+    assert saved['settings']['img_size'] == [64, 64]
     assert _png_ok(png)
 
 
-def test_benchmark_retinanet(tmp_path):
-    """RetinaNet mode with a hook record as the mask (backbone names only)."""
+@pytest.mark.slow
+def test_benchmark_backbone_with_memory(tmp_path):
+    """Backbone mode, a checkpoint with bare names, CPU memory children."""
     bench = _load_tool('benchmark')
-    record = tmp_path / 'round_1.json'
-    record.write_text(json.dumps({
-        'round': 1,
-        'mask': {f'backbone.layer{i}.attn': [True, i != 2]
-                 for i in range(1, 5)}
-    }))
-    out = str(tmp_path / 'bench.json')
+    model = build_model(dict(type='ELAResNet', depth=18, dim_per_head=32))
+    masks = get_masks(model)
+    masks['backbone.layer3.attn'] = [True, False]
+    apply_masks(model, masks)
+    ckpt = str(tmp_path / 'pruned.pth')
+    torch.save({'state_dict': model.backbone.state_dict()}, ckpt)
     res = bench.main([
-        '--model', 'retinanet', '--depth', '18', '--img-size', '128',
-        '--batch-size', '1', '--warmup', '1', '--repeats', '2', '--threads',
-        '1', '--memory', 'none', '--mask', str(record), '--out', out
+        '--model', 'backbone', '--depth', '18', *TINY_BENCH, '--variants',
+        'plain', 'mask', '--mask', ckpt, '--memory', 'subprocess', '--no-flops'
     ])
-    _check_variants(res)
-    assert res['variants']['ela_mask']['mask']['backbone.layer2.attn'] == [
-        True, False]
-    assert 'peak_mem_mb' not in res['variants']['plain']
-    assert osp.exists(out)
+    v = res['variants']
+    assert list(v) == ['plain', 'mask'] and res['ebqm'] is None
+    assert v['mask']['mask']['backbone.layer3.attn'] == [True, False]
+    for info in v.values():
+        assert info['peak_mem_mb'] > 0 and 'step_rss_mb' in info
+    assert 'fresh process' in res['memory_method']
 
 
-def test_fit_mask_names():
+def test_benchmark_bad_mask_is_clear(tmp_path):
     bench = _load_tool('benchmark')
-    names = ['layer1.attn', 'layer2.attn']
-    fitted, notes = bench.fit_mask(
-        {'backbone.layer1.attn': [True, False], 'neck.attn': [True]}, names,
-        detector=False)
-    assert fitted == {'layer1.attn': [True, False], 'layer2.attn': None}
-    assert any('neck.attn' in n for n in notes)
-    fitted, _ = bench.fit_mask({'layer1.attn': [True]},
-                               ['backbone.layer1.attn'], detector=True)
-    assert fitted == {'backbone.layer1.attn': [True]}
-    with pytest.raises(ValueError, match='does not have'):
-        bench.fit_mask({'layer9.attn': [True]}, names, detector=False)
+    bad = tmp_path / 'mask.json'
+    bad.write_text(json.dumps({'backbone.layer1.attn': [1, 0, 1]}))
+    with pytest.raises(
+            ValueError,
+            match=r'--mask .*mask\.json: pruning mask '
+            'does not fit the model'):
+        bench.main([
+            SHAPES_CONFIG, *TINY_BENCH, '--memory', 'none', '--mask',
+            str(bad)
+        ])
+    with pytest.raises(SystemExit):  # argparse: --amp needs CUDA
+        bench.parse_args([SHAPES_CONFIG, '--amp'])
 
 
+# ------------------------------------------------------ redundancy analysis
 def _fake_records(folder) -> None:
-    from mmdet_ela.redundancy import ebqm_select
-    mask = {'backbone.layer1.attn': [True] * 3,
-            'backbone.layer2.attn': [True] * 4}
+    mask = {
+        'backbone.layer1.attn': [True] * 3,
+        'backbone.layer2.attn': [True] * 4
+    }
     rng = np.random.default_rng(0)
     for r in (1, 2):
-        scores = {g: [None] + rng.random(len(m) - 1).tolist()
-                  for g, m in mask.items()}
-        scores = {g: [None if not k else s for s, k in zip(sc, mask[g])]
-                  for g, sc in scores.items()}
+        scores = {
+            g: [
+                None if not k or i == 0 else float(rng.random())
+                for i, k in enumerate(m)
+            ]
+            for g, m in mask.items()
+        }
         result = ebqm_select(scores, mask, 0.5, 0.5, 1)
-        record = result.to_dict()
-        record.update(round=r, progress=2 * r, quantile=0.5)
-        (folder / f'round_{r}.json').write_text(json.dumps(record))
+        write_record(
+            str(folder),
+            make_record(
+                result, r, scored_batches=1, progress=2 * r, quantile=0.5))
         mask = result.mask
 
 
-def test_analyze_redundancy_val_data_and_records(tmp_path, tiny_shapes):
-    """Shapes config (ELA backbone + ELA neck), images from its val dataloader."""
+def test_analyze_redundancy_val_data_and_records(tmp_path, tiny_shapes,
+                                                 capsys):
+    """Shapes config (ELA backbone + ELA neck), images from its val loader."""
     tool = _load_tool('analyze_redundancy')
     cfg = tiny_config(tiny_shapes, str(tmp_path / 'work'))
     cfg_path = str(tmp_path / 'shapes.py')
     cfg.dump(cfg_path)
-    records = tmp_path / 'ela_prune'
-    records.mkdir()
-    _fake_records(records)
+    _fake_records(tmp_path)
     out_dir = tmp_path / 'analysis'
-    summary = tool.main([cfg_path, '--out-dir', str(out_dir),
-                         '--num-batches', '2', '--records', str(tmp_path)])
+    summary = tool.main([
+        cfg_path, '--out-dir',
+        str(out_dir), '--num-batches', '2', '--records',
+        str(tmp_path)
+    ])
     assert summary['data'] == 'val_dataloader'
     assert summary['num_batches'] == 2 and summary['images'] == 8
     stacks = summary['stacks']
     assert 'neck.attn' in stacks and 'backbone.layer1.attn' in stacks
     for name, s in stacks.items():
         k = len(s['units'])
-        rows = s['mean_attention']
-        assert len(rows) == k
-        for b, row in enumerate(rows):  # each row is a distribution
+        for b, row in enumerate(s['mean_attention']):  # distributions
             assert sum(row[:b + 1]) == pytest.approx(1.0, abs=1e-6)
             assert all(v is None for v in row[b + 1:])
         assert s['adjacent_kl'][0] is None
         assert all(v is not None and v >= 0 for v in s['adjacent_kl'][1:])
-        # the adjacent KL is the first off-diagonal of the pairwise matrix
+        # the scorer's adjacent KL is the pairwise matrix's first diagonal
         for b in range(1, k):
             assert s['pairwise_kl'][b - 1][b] == pytest.approx(
                 s['adjacent_kl'][b], rel=1e-6)
-    assert summary['ebqm_settings'] == dict(quantile=0.3, max_prune_ratio=0.3,
-                                            min_keep=1)
+    assert summary['ebqm_settings'] == ebqm_defaults()
+    cands = [d for d in summary['ebqm']['decisions'] if d['scaled']]
+    assert cands and all(0 < d['scaled'] < 1 for d in cands)
     assert [r['round'] for r in summary['records']] == [1, 2]
     for name in ('kl_adjacent', 'kl_pairwise', 'ebqm_beta_fit', 'mask',
                  'attention', 'overview', 'records'):
         assert _png_ok(summary['figures'][name]), name
+    # the decision table of the model's scores, then of both records
+    assert capsys.readouterr().out.count('ELAPruneHook round') == 3
     with open(out_dir / 'summary.json') as f:
         assert json.load(f)['figures'] == summary['figures']
 
 
 def test_analyze_redundancy_backbone_checkpoint(tmp_path):
     """A bare ELAResNet config, random inputs, a pruned checkpoint."""
-    from mmdet_ela.models import ELAResNet, apply_masks, get_masks
     tool = _load_tool('analyze_redundancy')
     cfg_path = tmp_path / 'backbone.py'
     cfg_path.write_text(
         "custom_imports = dict(imports=['mmdet_ela'])\n"
         "model = dict(type='ELAResNet', depth=18, base_channels=16, "
         "dim_per_head=8)\n")
-    model = ELAResNet(depth=18, base_channels=16, dim_per_head=8)
+    model = build_model(
+        dict(type='ELAResNet', depth=18, base_channels=16, dim_per_head=8))
     masks = get_masks(model)
-    masks['layer2.attn'] = [True, False]
+    masks['backbone.layer2.attn'] = [True, False]
     apply_masks(model, masks)
     ckpt = str(tmp_path / 'pruned.pth')
-    torch.save({'state_dict': model.state_dict()}, ckpt)
-    summary = tool.main([str(cfg_path), ckpt, '--out-dir',
-                         str(tmp_path / 'out'), '--num-batches', '1',
-                         '--img-size', '64', '--batch-size', '2'])
+    torch.save({'state_dict': model.backbone.state_dict()}, ckpt)
+    summary = tool.main([
+        str(cfg_path), ckpt, '--out-dir',
+        str(tmp_path / 'out'), '--num-batches', '1', '--img-size', '64',
+        '--batch-size', '2'
+    ])
     assert summary['data'].startswith('random')
-    assert summary['init'] == 'checkpoint'
-    layer2 = summary['stacks']['layer2.attn']
+    assert summary['init'] == 'checkpoint' and summary['images'] == 2
+    layer2 = summary['stacks']['backbone.layer2.attn']
     assert layer2['mask'] == [True, False] and layer2['units'] == [0]
     assert layer2['adjacent_kl'] == [None, None]
-    decisions = {(d['group'], d['index']): d
-                 for d in summary['ebqm']['decisions']}
-    assert decisions[('layer2.attn', 1)]['reason'] == 'already pruned'
+    decisions = {
+        (d['group'], d['index']): d
+        for d in summary['ebqm']['decisions']
+    }
+    assert decisions[('backbone.layer2.attn', 1)]['reason'] == \
+        'already pruned'
     assert _png_ok(summary['figures']['overview'])
 
 
 def test_plots_take_plain_data(tmp_path):
     from mmdet_ela.analysis import plots
+    from mmdet_ela.analysis.plot_benchmark import plot_benchmark
     scores = {'a.attn': [None, 0.5, 0.2], 'b.attn': [None, 0.1]}
     mask = {'a.attn': [True, True, False], 'b.attn': [True, True]}
     attn = {'a.attn': np.array([[1.0, np.nan], [0.3, 0.7]])}
     figs = {
-        'kl': plots.plot_kl_heatmap(scores),
-        'pair': plots.plot_pairwise_kl(
+        'kl':
+        plots.plot_kl_heatmap(scores),
+        'pair':
+        plots.plot_pairwise_kl(
             {'a.attn': np.array([[np.nan, 0.4], [np.nan, np.nan]])}),
-        'beta': plots.plot_beta_fit([0.1, 0.5, 0.9], [0.1, 0.5, 0.95], 1.2,
-                                    0.9, 0.3, [True, False, False],
-                                    ['a.1', 'a.2', 'b.1'], 'mle'),
-        'beta_none': plots.plot_beta_fit([], [], None, None, 0.3),
-        'mask': plots.plot_mask(mask, [('a.attn', 2)]),
-        'attn': plots.plot_attention(attn),
-        'overview': plots.plot_overview(
-            scores, mask, attn, dict(z=[0.2], cdf=[0.1], alpha=1.0, beta=1.0,
-                                     quantile=0.3)),
-        'bench': plots.plot_benchmark({'variants': {
-            'plain': dict(label='ResNet (plain)', train_ms=10.0,
-                          infer_ms=3.0, params=1e6, flops=2e9),
-            'ela_dense': dict(label='ELA dense', train_ms=12.0, infer_ms=3.5,
-                              params=1.1e6, flops=2.1e9, train_ratio=1.2)}}),
+        'beta':
+        plots.plot_beta_fit([0.1, 0.5, 0.9], [0.1, 0.5, 0.95], 1.2, 0.9, 0.3,
+                            [True, False, False], ['a.1', 'a.2', 'b.1'],
+                            'mle'),
+        'beta_none':
+        plots.plot_beta_fit([], [], None, None, 0.3),
+        'mask':
+        plots.plot_mask(mask, [('a.attn', 2)]),
+        'attn':
+        plots.plot_attention(attn),
+        'overview':
+        plots.plot_overview(
+            scores, mask, attn,
+            dict(z=[0.2], cdf=[0.1], alpha=1.0, beta=1.0, quantile=0.3)),
+        'bench':
+        plot_benchmark({
+            'variants': {
+                'plain':
+                dict(
+                    label='plain',
+                    train_ms=10.0,
+                    infer_ms=3.0,
+                    params=1e6,
+                    flops=2e9),
+                'dense':
+                dict(
+                    label='ELA dense',
+                    train_ms=12.0,
+                    infer_ms=3.5,
+                    params=1.1e6,
+                    flops=2.1e9,
+                    train_ratio=1.2)
+            }
+        }),
     }
     for name, fig in figs.items():
         path = plots.save_figure(fig, str(tmp_path / f'{name}.png'))
         assert _png_ok(path), name
+
+
+# ---------------------------------------------------------------- gpu check
+GPU_CHECK = osp.join(TOOLS, 'gpu_check.sh')
+
+
+def test_gpu_check_script_syntax():
+    subprocess.run(['bash', '-n', GPU_CHECK], check=True)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_cpu_steps(tmp_path):
+    """Without CUDA: CUDA steps are skipped, the others run and pass."""
+    env = run_env()
+    env.update(
+        ELA_GPU_CHECK_INSTALL='0',
+        ELA_VENV=osp.dirname(osp.dirname(PYTHON)),
+        ELA_GPU_CHECK_STEPS='env test_cuda shapes_data '
+        'pruned_ckpt mmdet_get_flops')
+    env.pop('OUT', None)
+    out = tmp_path / 'check'
+    proc = subprocess.run(['bash', GPU_CHECK, str(out)],
+                          cwd=ROOT,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '[gpu_check] summary' in proc.stdout
+    with open(out / 'summary.json') as f:
+        steps = {s['step']: s['status'] for s in json.load(f)['steps']}
+    cuda = 'ok' if torch.cuda.is_available() else 'skipped'
+    assert steps == dict(
+        env='ok',
+        test_cuda=cuda,
+        shapes_data='ok',
+        pruned_ckpt='ok',
+        mmdet_get_flops='ok')
+    masks = load_masks(str(out / 'pruned.pth'))
+    assert masks == json.loads((out / 'pruned_mask.json').read_text())
+    assert not masks['neck.attn'][-1]
+    assert 'Flops:' in (out / 'logs' / 'mmdet_get_flops.log').read_text()
+    assert os.path.isdir(out / 'data' / 'shapes')

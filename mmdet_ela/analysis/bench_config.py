@@ -1,0 +1,166 @@
+"""What a benchmark builds: settings, model configs, variants, workloads.
+
+:class:`BenchmarkSettings` is JSON-serialisable, so that a memory subprocess
+(:mod:`.memory_child`) rebuilds exactly the parent's variant.
+"""
+import copy
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from mmdet_ela.pruning import Selector, apply_masks, count_units
+from .settings import ebqm_selector, load_config
+from .variants import build_model, drop_pretrained, plain_model_cfg
+from .workload import Workload, synthetic_batch
+
+__all__ = [
+    'VARIANTS', 'LABELS', 'BACKBONE_OPTIM_WRAPPER', 'BATCH_SEED', 'SCORE_SEED',
+    'BenchmarkSettings', 'ModelSetup', 'model_setup', 'build_variant',
+    'build_workload'
+]
+
+VARIANTS = ('plain', 'dense', 'pruned', 'mask')
+LABELS = dict(
+    plain='plain (ResNet/FPN)',
+    dense='ELA dense',
+    pruned='ELA pruned (EBQM)',
+    mask='ELA pruned (--mask)')
+#: The optimizer of a bare backbone (no config): a small SGD step.
+BACKBONE_OPTIM_WRAPPER = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='SGD', lr=1e-4, momentum=0.9, weight_decay=1e-4))
+#: Seeds of the timed batch and of the EBQM scoring batches, past ``seed``.
+BATCH_SEED, SCORE_SEED = 1, 100
+
+
+@dataclasses.dataclass
+class BenchmarkSettings:
+    """What to benchmark and how; JSON-serialisable (memory subprocesses).
+
+    Attributes:
+        config (str, optional): a model config; None = an ``ELAResNet`` of
+            ``depth`` (with ``model='backbone'``).
+        cfg_options (dict, optional): overrides merged into the config.
+        model (str): ``'detector'`` (the config's model) or ``'backbone'``
+            (its backbone, or ``ELAResNet(depth)`` without a config).
+        img_size (tuple[int, int]): (H, W) of the synthetic images.
+        amp (bool): train with mmengine's ``AmpOptimWrapper`` and infer under
+            autocast (CUDA).
+        lr (float, optional): override the optimizer's learning rate.
+        score_batches (int): random batches scored for the EBQM variant.
+        quantile, max_prune_ratio, min_keep: EBQM settings; None = the
+            config's ``ELAPruneHook``, else its defaults.
+        mask (str, optional): the ``mask`` variant's source.
+        variants (tuple[str]): which of :data:`VARIANTS` to run.
+        memory (str): ``'cuda'``, ``'subprocess'`` or ``'none'``.
+    """
+    config: Optional[str] = None
+    cfg_options: Optional[dict] = None
+    model: str = 'detector'
+    depth: int = 50
+    dim_per_head: int = 32
+    img_size: Tuple[int, int] = (224, 224)
+    batch_size: int = 2
+    device: str = 'cpu'
+    amp: bool = False
+    seed: int = 0
+    threads: int = 1
+    warmup: int = 2
+    repeats: int = 10
+    lr: Optional[float] = None
+    num_boxes: int = 2
+    score_batches: int = 2
+    quantile: Optional[float] = None
+    max_prune_ratio: Optional[float] = None
+    min_keep: Optional[int] = None
+    mask: Optional[str] = None
+    variants: Tuple[str, ...] = ('plain', 'dense', 'pruned')
+    memory: str = 'none'
+    flops: bool = True
+
+
+@dataclasses.dataclass
+class ModelSetup:
+    """What :func:`model_setup` read from the config.
+
+    Attributes:
+        model_cfg (dict): the ELA model's config, Pretrained init dropped.
+        optim_wrapper (dict): the optimizer wrapper's config.
+        selector (Selector): EBQM's settings for the ``pruned`` variant.
+        notes (list[str]): what was changed, for the output.
+    """
+    model_cfg: dict
+    optim_wrapper: dict
+    selector: Selector
+    notes: List[str]
+
+
+def model_setup(s: BenchmarkSettings) -> ModelSetup:
+    """Read the config (or make a backbone config) for the benchmark."""
+    notes = []
+    cfg = None
+    if s.config is not None:
+        cfg = load_config(s.config, s.cfg_options)
+        model_cfg = cfg.model if s.model == 'detector' else cfg.model.backbone
+        optim = cfg.get('optim_wrapper') or BACKBONE_OPTIM_WRAPPER
+    else:
+        model_cfg = dict(
+            type='ELAResNet', depth=s.depth, dim_per_head=s.dim_per_head)
+        optim = BACKBONE_OPTIM_WRAPPER
+    model_cfg, dropped = drop_pretrained(model_cfg)
+    if dropped:
+        notes.append('init_cfg Pretrained dropped (no download; random '
+                     f'weights are fine for timing): {", ".join(dropped)}')
+    optim = copy.deepcopy(
+        optim.to_dict() if hasattr(optim, 'to_dict') else dict(optim))
+    if s.amp:
+        optim['type'] = 'AmpOptimWrapper'
+    if s.lr is not None:
+        optim['optimizer']['lr'] = s.lr
+    selector = ebqm_selector(
+        cfg,
+        quantile=s.quantile,
+        max_prune_ratio=s.max_prune_ratio,
+        min_keep=s.min_keep)
+    return ModelSetup(model_cfg, optim, selector, notes)
+
+
+def build_variant(setup: ModelSetup,
+                  name: str,
+                  seed: int,
+                  mask: Optional[Dict[str, List[bool]]] = None) -> nn.Module:
+    """Build variant ``name`` (:data:`VARIANTS`), pruned to ``mask`` if given.
+
+    Every variant holds the same weights: the ELA ones are built with the
+    same seed, and ``plain`` gets the ELA model's residual-path weights. At
+    initialisation ELA computes exactly what the plain model computes, so
+    all variants see the same proposals and targets, and differ only by the
+    work of their attention units.
+
+    Raises:
+        ValueError: ``mask`` does not fit the model (names its stacks).
+    """
+    model = build_model(setup.model_cfg, seed)
+    if not count_units(model)['total']:
+        raise ValueError('the benchmarked model has no layer-attention units '
+                         '(no ELAResNet / ELAFPN in it): nothing to compare')
+    if name == 'plain':
+        plain = build_model(plain_model_cfg(setup.model_cfg), seed)
+        ela_state = model.state_dict()
+        plain.load_state_dict({k: ela_state[k] for k in plain.state_dict()})
+        return plain
+    if mask is not None:
+        apply_masks(model, mask)
+    return model
+
+
+def build_workload(s: BenchmarkSettings, setup: ModelSetup,
+                   model: nn.Module) -> Workload:
+    """A :class:`Workload` of ``model`` on the benchmark's synthetic batch."""
+    device = torch.device(s.device)
+    model.to(device)
+    batch = synthetic_batch(model, s.batch_size, s.img_size,
+                            s.seed + BATCH_SEED, s.num_boxes)
+    return Workload(model, setup.optim_wrapper, batch, device, s.amp)

@@ -1,0 +1,114 @@
+"""What a benchmark prints: the environment and the comparison table."""
+import os
+import platform
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+__all__ = ['available_cores', 'environment', 'format_table', 'format_results']
+
+#: ``(header, field, format, scale)`` of the table's columns after the label.
+COLUMNS = (
+    ('units', None, None, None),
+    ('params M', 'params', '.2f', 1e-6),
+    ('GFLOPs', 'flops', '.4g', 1e-9),
+    ('train ms', 'train_ms', '.1f', 1),
+    ('x plain', 'train_ratio', '.3f', 1),
+    ('infer ms', 'infer_ms', '.1f', 1),
+    ('x plain', 'infer_ratio', '.3f', 1),
+    ('peak MB', 'peak_mem_mb', '.0f', 1),
+    ('x plain', 'peak_mem_ratio', '.3f', 1),
+    ('step MB', 'step_rss_mb', '.0f', 1),
+)
+
+
+def available_cores() -> int:
+    """Number of CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def environment(device: torch.device) -> Dict[str, Any]:
+    """Library versions, platform and device name, for the results."""
+    import mmdet
+    import mmengine
+    env = dict(
+        torch=torch.__version__,
+        mmdet=mmdet.__version__,
+        mmengine=mmengine.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        cpu=platform.processor() or platform.machine(),
+        cpu_cores_available=available_cores(),
+        torch_threads=torch.get_num_threads())
+    if torch.device(device).type == 'cuda':
+        env['device_name'] = torch.cuda.get_device_name(device)
+    else:
+        env['device_name'] = f'CPU ({available_cores()} cores available)'
+    return env
+
+
+def _cell(info: Mapping[str, Any], field: Optional[str], fmt: Optional[str],
+          scale: Optional[float]) -> str:
+    if field is None:
+        return f'{info["units_kept"]}/{info["units_total"]}'
+    value = info.get(field)
+    return '-' if value is None else format(value * scale, fmt)
+
+
+def format_table(variants: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per variant: units, params (M), GFLOPs, times, memory, ratios.
+
+    Args:
+        variants (Mapping): ``results['variants']`` of
+            :func:`~.benchmark.run_benchmark`.
+    """
+    rows = [('variant', ) + tuple(c[0] for c in COLUMNS)]
+    for info in variants.values():
+        rows.append((info['label'], ) +
+                    tuple(_cell(info, *c[1:]) for c in COLUMNS))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append('  '.join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            lines.append('-' * len(lines[0]))
+    return '\n'.join(lines)
+
+
+def _pruned_units(ebqm: Mapping[str, Any]) -> str:
+    names = [
+        f'{d["group"]}.{d["index"]}' for d in ebqm['decisions'] if d['pruned']
+    ]
+    return (f'EBQM pruned {len(names)} unit(s): {", ".join(names) or "none"}'
+            f' (fit {ebqm["fit_method"]}, quantile {ebqm["quantile"]})')
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+    """The header line, the table and the notes of a benchmark's results."""
+    s, env = results['settings'], results['environment']
+    what = s['config'] or f'ELAResNet depth {s["depth"]}'
+    height, width = s['img_size']
+    lines = [
+        f'ELA benchmark: {what} (--model {s["model"]}), {height}x{width}, '
+        f'batch {s["batch_size"]}, {env["device_name"]}'
+        f'{", AMP" if s["amp"] else ""}, {env["torch_threads"]} threads, '
+        f'torch {env["torch"]}',
+        format_table(results['variants'])
+    ]
+    if results.get('memory_method'):
+        lines.append(f'peak memory: {results["memory_method"]}')
+    if results.get('flops'):
+        missing = results['flops']['uncounted_ops']
+        lines.append(f'FLOPs per image, {results["flops"]["convention"]}; '
+                     'not counted: ' +
+                     (', '.join(f'{k} (x{v})'
+                                for k, v in missing.items()) or 'none'))
+    lines += [f'note: {n}' for n in results['notes']]
+    if results.get('ebqm'):
+        lines.append(_pruned_units(results['ebqm']))
+    return '\n'.join(lines)

@@ -1,0 +1,116 @@
+"""Wall-clock timing of several workloads, interleaved so noise hits all alike.
+
+A benchmark of variants that runs them one after the other lets a slow phase
+of the machine (another job, thermal throttling) land on one variant only.
+:func:`time_interleaved` runs them round-robin instead, rotating the variant
+that goes first every round, and returns every repeat; :func:`summarize`
+reduces them to medians and :func:`add_ratios` to ratios against a baseline.
+"""
+import statistics
+import time
+from typing import Callable, Dict, List, Mapping, MutableMapping, Sequence
+
+import torch
+
+__all__ = [
+    'RATIO_FIELDS', 'synchronize', 'time_interleaved', 'median_ms',
+    'summarize', 'add_ratios'
+]
+
+#: ``(field, ratio field)`` pairs that :func:`add_ratios` divides by the
+#: baseline's field.
+RATIO_FIELDS = (('train_ms', 'train_ratio'), ('infer_ms', 'infer_ratio'),
+                ('peak_mem_mb', 'peak_mem_ratio'), ('step_rss_mb',
+                                                    'step_rss_ratio'),
+                ('flops', 'flops_ratio'), ('params', 'params_ratio'))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA); a no-op on CPU."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], None]], warmup: int,
+                     repeats: int,
+                     device: torch.device) -> Dict[str, List[float]]:
+    """Time every function ``repeats`` times, round-robin.
+
+    In round r (warm-up rounds included) the functions run in their dict
+    order rotated by r, so no function always runs first (after a pause) or
+    last.
+
+    Args:
+        fns (Mapping[str, Callable]): the workloads, by name.
+        warmup (int): untimed rounds first (>= 0).
+        repeats (int): timed rounds (>= 1).
+        device (torch.device): synchronised around every call.
+
+    Returns:
+        dict[str, list[float]]: seconds of every timed call, by name.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f'time_interleaved: warmup={warmup!r} must be >= 0 '
+                         f'and repeats={repeats!r} >= 1')
+    names = list(fns)
+    for r in range(warmup):
+        for k in range(len(names)):
+            fns[names[(r + k) % len(names)]]()
+    synchronize(device)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(warmup, warmup + repeats):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ms(seconds: Sequence[float]) -> float:
+    """The median of ``seconds``, in milliseconds."""
+    return statistics.median(seconds) * 1e3
+
+
+def summarize(times: Mapping[str, Sequence[float]],
+              prefix: str) -> Dict[str, Dict[str, object]]:
+    """``{name: {prefix_ms: median, prefix_ms_all: [every repeat]}}`` in ms.
+
+    Args:
+        times (Mapping[str, Sequence[float]]): seconds per call, by name, as
+            :func:`time_interleaved` returns them.
+        prefix (str): field prefix, e.g. ``'train'``.
+    """
+    return {
+        name: {
+            f'{prefix}_ms': median_ms(values),
+            f'{prefix}_ms_all': [v * 1e3 for v in values]
+        }
+        for name, values in times.items()
+    }
+
+
+def add_ratios(variants: MutableMapping[str, MutableMapping[str, object]],
+               base: str,
+               fields: Sequence = RATIO_FIELDS) -> None:
+    """Add ``ratio field = field / variants[base][field]`` to every variant.
+
+    Fields missing (or None) on a variant or zero on the baseline get no
+    ratio.
+
+    Args:
+        variants (MutableMapping): per-variant result dicts, changed in place.
+        base (str): the baseline variant's name (e.g. ``'plain'``).
+        fields (Sequence): ``(field, ratio field)`` pairs.
+            Default: :data:`RATIO_FIELDS`.
+    """
+    if base not in variants:
+        raise ValueError(f'add_ratios: base={base!r} is not one of the '
+                         f'variants {list(variants)}')
+    reference = variants[base]
+    for info in variants.values():
+        for field, ratio in fields:
+            if info.get(field) is not None and reference.get(field):
+                info[ratio] = info[field] / reference[field]
