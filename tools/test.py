@@ -1,8 +1,8 @@
 # Adapted from MMDetection's tools/test.py (Apache-2.0, OpenMMLab).
 """Test (and evaluate) a detector: the same arguments as mmdet's tools/test.py.
 
-A pruned checkpoint works with the unchanged config: its pruning masks travel in the
-state_dict and prune the freshly built model before the weights load.
+A pruned checkpoint works with the unchanged config: its pruning masks travel
+in the state_dict and prune the freshly built model before the weights load.
 """
 import argparse
 import os
@@ -92,13 +92,15 @@ def main():
                 transforms=[[
                     dict(type='RandomFlip', prob=1.),
                     dict(type='RandomFlip', prob=0.)
-                ], [
-                    dict(
-                        type='PackDetInputs',
-                        meta_keys=('img_id', 'img_path', 'ori_shape',
-                                   'img_shape', 'scale_factor', 'flip',
-                                   'flip_direction'))
-                ]])
+                ],
+                            [
+                                dict(
+                                    type='PackDetInputs',
+                                    meta_keys=('img_id', 'img_path',
+                                               'ori_shape', 'img_shape',
+                                               'scale_factor', 'flip',
+                                               'flip_direction'))
+                            ]])
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
