@@ -37,6 +37,8 @@ class Variant:
             hook (or the hook's defaults); None runs no hook. Default: None.
         random_of (str, optional): the EBQM variant whose pruning (number of
             units, epoch) this random-pruning control copies. Default: None.
+        cfg_options (dict, optional): config changes, as ``--cfg-options``
+            gives them (``'a.b': value``). Default: None.
     """
     name: str
     doc: str
@@ -44,6 +46,7 @@ class Variant:
     neck: str = 'ela'
     hook: Optional[Dict[str, Any]] = field(default=None, hash=False)
     random_of: Optional[str] = None
+    cfg_options: Optional[Dict[str, Any]] = field(default=None, hash=False)
 
     def overrides(self) -> Dict[str, Any]:
         """What this variant changes, for the JSON record."""
@@ -51,7 +54,8 @@ class Variant:
             backbone=self.backbone,
             neck=self.neck,
             hook=None if self.hook is None else dict(self.hook),
-            random_of=self.random_of)
+            random_of=self.random_of,
+            cfg_options=self.cfg_options)
 
 
 # The one table of variants. Hook settings other than the defaults draw the
@@ -89,6 +93,14 @@ _TABLE = (
         'ela+hook-q0.5-r0.5-x2', 'ela+hook with quantile=0.5, '
         'max_prune_ratio=0.5, max_rounds=2 (prunes most)',
         hook=dict(quantile=0.5, max_prune_ratio=0.5, max_rounds=2)),
+    Variant(
+        'ela-no-attn-decay',
+        'ela without weight decay on the attention units (their zero-init '
+        'norms are not pulled back to zero)',
+        cfg_options={
+            'optim_wrapper.paramwise_cfg':
+            dict(custom_keys={'.attn.': dict(decay_mult=0.0)})
+        }),
 )
 VARIANTS: Dict[str, Variant] = {v.name: v for v in _TABLE}
 
@@ -101,6 +113,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela', 'ela+hook-q0.15', 'ela+hook', 'ela+hook-q0.5',
         'ela+hook-q0.5-r0.5-x2'
     ],
+    why=['ela', 'ela-no-attn-decay'],
     all=list(VARIANTS))
 
 
@@ -297,6 +310,8 @@ def variant_config(
             if not hook.get('random_units'):
                 hook = None  # EBQM pruned nothing: neither does the control
     _set_hook(cfg, hook)
+    if variant.cfg_options:
+        cfg.merge_from_dict(copy.deepcopy(variant.cfg_options))
     randomness = dict(cfg.get('randomness') or {})
     randomness['seed'] = int(seed)
     cfg.randomness = randomness
