@@ -304,3 +304,5 @@ def test_res_layer_slices_like_sequential_and_reprs():
     assert layer[-1] is layer[1]
     text = repr(layer.attn.units['0'])
     assert 'channels=128' in text and 'num_heads=4' in text
+    layer.attn.prune([1])
+    assert 'kept=1/2' in repr(layer.attn)

@@ -44,7 +44,12 @@ class LayerAttentionStack(BaseModule):
             drop_path_rates = [0.0] * num_units
         self.units = ModuleDict({
             str(i):
-            LayerAttention(c, dim_per_head, norm_cfg, rate, with_cp)
+            LayerAttention(
+                channels=c,
+                dim_per_head=dim_per_head,
+                norm_cfg=norm_cfg,
+                drop_path_rate=rate,
+                with_cp=with_cp)
             for i, (c, rate) in enumerate(zip(channels, drop_path_rates))
         })
         self.register_buffer(
@@ -57,6 +62,9 @@ class LayerAttentionStack(BaseModule):
     @property
     def kept(self) -> List[bool]:
         return [bool(m) for m in self.mask.tolist()]
+
+    def extra_repr(self) -> str:
+        return f'kept={sum(self.kept)}/{self.num_units}'
 
     def kept_units(self) -> List[Tuple[int, LayerAttention]]:
         """(index, unit) of the remaining units, in sequence order."""
