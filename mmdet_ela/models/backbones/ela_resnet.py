@@ -1,5 +1,4 @@
 """ELA ResNet: mmdet's ResNet with a layer-attention unit after every block."""
-from numbers import Real
 from typing import Iterator, Optional, Sequence, Union
 
 import torch.nn as nn
@@ -10,7 +9,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (LayerAttentionMemory, LayerAttentionStack,
-                      attention_norm_cfg)
+                      attention_norm_cfg, check_drop_path_rate)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -170,11 +169,7 @@ class ELAResNet(ResNet):
         if not _is_int(frozen) or not -1 <= frozen <= num_stages:
             raise ValueError(f'ELAResNet: frozen_stages={frozen!r} must be '
                              f'an integer in -1..{num_stages}')
-        if (isinstance(drop_path_rate, bool)
-                or not isinstance(drop_path_rate, Real)
-                or not 0.0 <= drop_path_rate < 1.0):
-            raise ValueError(f'ELAResNet: drop_path_rate={drop_path_rate!r} '
-                             'must be a number in [0, 1)')
+        check_drop_path_rate('ELAResNet', drop_path_rate)
 
     @staticmethod
     def _check_stages(stages, num_stages: int, frozen: int) -> tuple:

@@ -7,6 +7,7 @@ retrieves a softmax mixture of every value in the memory (its own included).
 See ``docs/method.md``.
 """
 import math
+from numbers import Real
 from typing import List, Optional
 
 import torch
@@ -45,6 +46,15 @@ def build_attention_norm(norm_cfg: dict, channels: int) -> tuple:
             f'{channels} channels ({type(err).__name__}: {err}). Use e.g. '
             "dict(type='BN'), dict(type='SyncBN') or dict(type='GN', "
             f'num_groups=G) with G dividing {channels}') from err
+
+
+def check_drop_path_rate(owner: str, rate) -> None:
+    """A ``ValueError`` naming ``owner`` unless ``rate`` is a number in
+    [0, 1)."""
+    if (isinstance(rate, bool) or not isinstance(rate, Real)
+            or not 0.0 <= rate < 1.0):
+        raise ValueError(f'{owner}: drop_path_rate={rate!r} must be a number '
+                         'in [0, 1)')
 
 
 def attention_norm_cfg(norm_cfg: Optional[dict]) -> dict:

@@ -1,5 +1,4 @@
 """ELA FPN: mmdet's FPN whose levels retrieve from the coarser levels."""
-from numbers import Real
 from typing import Optional, Tuple
 
 from mmdet.models.necks import FPN
@@ -7,7 +6,7 @@ from mmdet.registry import MODELS
 from torch import Tensor
 
 from ..layers import (LayerAttentionMemory, LayerAttentionStack,
-                      attention_norm_cfg)
+                      attention_norm_cfg, check_drop_path_rate)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -59,11 +58,7 @@ class ELAFPN(FPN):
             raise ValueError(
                 f'ELAFPN: dim_per_head={dim_per_head!r} must be a positive '
                 f'integer dividing out_channels={self.out_channels}')
-        if (isinstance(drop_path_rate, bool)
-                or not isinstance(drop_path_rate, Real)
-                or not 0.0 <= drop_path_rate < 1.0):
-            raise ValueError(f'ELAFPN: drop_path_rate={drop_path_rate!r} '
-                             'must be a number in [0, 1)')
+        check_drop_path_rate('ELAFPN', drop_path_rate)
         if attn_norm_cfg is None:
             attn_norm_cfg = attention_norm_cfg(kwargs.get('norm_cfg'))
         last = max(self.num_outs - 1, 1)
