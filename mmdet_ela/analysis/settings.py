@@ -50,6 +50,19 @@ def ebqm_settings(cfg: Optional[Any] = None, **given: Any) -> Dict[str, Any]:
     return out
 
 
+def add_ebqm_arguments(parser) -> None:
+    """``--quantile``, ``--max-prune-ratio`` and ``--min-keep`` for a tool.
+
+    Unset (None) means: the config's ``ELAPruneHook``, else the hook's default
+    (see :func:`ebqm_settings`).
+    """
+    help_text = 'EBQM setting; default: the config\'s hook, else the hook\'s'
+    parser.add_argument('--quantile', type=float, default=None, help=help_text)
+    parser.add_argument(
+        '--max-prune-ratio', type=float, default=None, help=help_text)
+    parser.add_argument('--min-keep', type=int, default=None, help=help_text)
+
+
 def ebqm_selector(cfg: Optional[Any] = None, **given: Any):
     """A :class:`Selector` with strategy ``'ebqm'`` and :func:`ebqm_settings`.
 

@@ -49,7 +49,8 @@ from torch import nn
 
 from mmdet_ela.analysis.attention_stats import (AttentionStats,
                                                 beta_fit_inputs, json_matrix)
-from mmdet_ela.analysis.settings import ebqm_selector, load_config
+from mmdet_ela.analysis.settings import (add_ebqm_arguments, ebqm_selector,
+                                         load_config)
 from mmdet_ela.analysis.variants import (BackboneModel, build_model,
                                          drop_pretrained, quiet_logs)
 from mmdet_ela.analysis.workload import synthetic_batch
@@ -81,9 +82,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='use random inputs even if the val dataloader builds')
     p.add_argument('--device', default='cpu')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--quantile', type=float, default=None)
-    p.add_argument('--max-prune-ratio', type=float, default=None)
-    p.add_argument('--min-keep', type=int, default=None)
+    add_ebqm_arguments(p)
     p.add_argument(
         '--records',
         default=None,

@@ -28,6 +28,7 @@ from mmengine.config import DictAction
 from mmdet_ela.analysis.benchmark import (VARIANTS, BenchmarkSettings,
                                           run_benchmark)
 from mmdet_ela.analysis.report import available_cores, format_results
+from mmdet_ela.analysis.settings import add_ebqm_arguments
 
 DEFAULT_IMG_SIZE = dict(backbone=224, detector=512)
 
@@ -106,9 +107,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=int,
         default=2,
         help='random batches scored for the EBQM variant')
-    p.add_argument('--quantile', type=float, default=None)
-    p.add_argument('--max-prune-ratio', type=float, default=None)
-    p.add_argument('--min-keep', type=int, default=None)
+    add_ebqm_arguments(p)
     p.add_argument(
         '--memory',
         default='auto',

@@ -33,7 +33,7 @@ from mmengine.config import Config, DictAction
 
 from mmdet_ela.analysis.ablation.aggregate import format_choice_table
 from mmdet_ela.analysis.ablation.choice import run_pruning_choice
-from mmdet_ela.analysis.settings import ebqm_settings
+from mmdet_ela.analysis.settings import add_ebqm_arguments, ebqm_settings
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -64,9 +64,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=int,
         default=None,
         help='validation batches to score (default: all)')
-    p.add_argument('--quantile', type=float, default=None)
-    p.add_argument('--max-prune-ratio', type=float, default=None)
-    p.add_argument('--min-keep', type=int, default=None)
+    add_ebqm_arguments(p)
     p.add_argument(
         '--seed',
         type=int,
