@@ -62,6 +62,15 @@ def crafted(tmp_path):
     return files, marker
 
 
+def _run_python(script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter (the repository on its path)."""
+    return subprocess.run([PYTHON, '-c', script],
+                          capture_output=True,
+                          text=True,
+                          env=run_env(),
+                          cwd=ROOT)
+
+
 def _safe_globals() -> set:
     return set(torch.serialization.get_safe_globals())
 
@@ -80,11 +89,7 @@ def test_import_leaves_torch_safe_globals_unchanged():
         loader = CheckpointLoader._get_checkpoint_loader('a/b.pth')
         assert loader._mmdet_ela_safe and loader.__name__ == 'load_from_local'
         print('ok')""")
-    out = subprocess.run([PYTHON, '-c', script],
-                         capture_output=True,
-                         text=True,
-                         env=run_env(),
-                         cwd=ROOT)
+    out = _run_python(script)
     assert out.returncode == 0 and 'ok' in out.stdout, out.stderr
 
 
@@ -155,11 +160,7 @@ def test_the_chain_is_a_live_exploit_under_the_old_allow_list(crafted):
         except Exception:
             pass
         assert '__init__' in HistoryBuffer._statistics_methods""")
-    out = subprocess.run([PYTHON, '-c', script],
-                         capture_output=True,
-                         text=True,
-                         env=run_env(),
-                         cwd=ROOT)
+    out = _run_python(script)
     assert out.returncode == 0, out.stderr
     assert osp.exists(marker)
 
@@ -230,11 +231,7 @@ def test_fresh_process_can_use_loaded_history_buffers(tmp_path):
         ckpt = _load_checkpoint({path!r}, map_location='cpu')
         loss = ckpt['message_hub']['log_scalars']['train/loss']
         print(round(float(loss.statistics('mean')), 4))""")
-    out = subprocess.run([PYTHON, '-c', script],
-                         capture_output=True,
-                         text=True,
-                         env=run_env(),
-                         cwd=ROOT)
+    out = _run_python(script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == '0.6111'
 
