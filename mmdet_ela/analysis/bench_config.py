@@ -8,6 +8,7 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from mmengine.config import Config
 from torch import nn
 
 from mmdet_ela.pruning import Selector, apply_masks, count_units
@@ -42,7 +43,8 @@ class BenchmarkSettings:
     Attributes:
         config (str, optional): a model config; None = an ``ELAResNet`` of
             ``depth`` (with ``model='backbone'``).
-        cfg_options (dict, optional): overrides merged into the config.
+        cfg_options (dict, optional): overrides merged into the config (into
+            the ``ELAResNet`` arguments without a config).
         model (str): ``'detector'`` (the config's model) or ``'backbone'``
             (its backbone, or ``ELAResNet(depth)`` without a config).
         img_size (tuple[int, int]): (H, W) of the synthetic images.
@@ -108,6 +110,10 @@ def model_setup(s: BenchmarkSettings) -> ModelSetup:
     else:
         model_cfg = dict(
             type='ELAResNet', depth=s.depth, dim_per_head=s.dim_per_head)
+        if s.cfg_options:  # keys are the backbone's own: attn_value_conv=...
+            backbone = Config(model_cfg)
+            backbone.merge_from_dict(s.cfg_options)
+            model_cfg = backbone.to_dict()
         optim = BACKBONE_OPTIM_WRAPPER
     model_cfg, dropped = drop_pretrained(model_cfg)
     if dropped:

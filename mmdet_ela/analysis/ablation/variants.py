@@ -58,6 +58,14 @@ class Variant:
             cfg_options=self.cfg_options)
 
 
+# The cheap unit (see LayerAttention), in the backbone and the neck.
+LITE_UNIT = {
+    f'model.{part}.{key}': value
+    for part in ('backbone', 'neck')
+    for key, value in (('attn_value_conv', False), ('attn_norm_cfg',
+                                                    dict(type='Affine')))
+}
+
 # The one table of variants. Hook settings other than the defaults draw the
 # accuracy/cost curve (more pruning: a higher quantile, a larger budget, more
 # rounds).
@@ -101,6 +109,16 @@ _TABLE = (
             'optim_wrapper.paramwise_cfg':
             dict(custom_keys={'.attn.': dict(decay_mult=0.0)})
         }),
+    Variant(
+        'ela-lite',
+        'ela with the cheap unit: values are the block outputs (no value '
+        'conv), a per-channel affine instead of BN',
+        cfg_options=LITE_UNIT),
+    Variant(
+        'ela-lite+hook',
+        'ela-lite with ELAPruneHook defaults',
+        hook={},
+        cfg_options=LITE_UNIT),
 )
 VARIANTS: Dict[str, Variant] = {v.name: v for v in _TABLE}
 
@@ -114,6 +132,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela+hook-q0.5-r0.5-x2'
     ],
     why=['ela', 'ela-no-attn-decay'],
+    lite=['ela', 'ela-lite', 'ela+hook', 'ela-lite+hook'],
     all=list(VARIANTS))
 
 

@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (LayerAttentionMemory, LayerAttentionStack,
-                      attention_norm_cfg, check_drop_path_rate)
+                      attention_norm_cfg, check_drop_path_rate,
+                      check_value_conv)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -93,6 +94,10 @@ class ELAResNet(ResNet):
             Default: ``norm_cfg`` with ``requires_grad=True`` (SyncBN stays
             SyncBN, GN keeps its groups). These norms are new layers without
             pretrained statistics: ``norm_eval`` leaves them in training mode.
+            ``dict(type='Affine')``: a per-channel affine without statistics
+            (the cheap unit, with ``attn_value_conv=False``).
+        attn_value_conv (bool): the units' depthwise value convolution; False
+            uses the block outputs themselves as values. Default: True.
         **kwargs: the arguments of :class:`mmdet.models.ResNet`.
 
     Example:
@@ -108,10 +113,12 @@ class ELAResNet(ResNet):
                  stage_with_attention: Optional[Sequence[bool]] = None,
                  drop_path_rate: float = 0.0,
                  attn_norm_cfg: Optional[dict] = None,
+                 attn_value_conv: bool = True,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
         frozen = kwargs.get('frozen_stages', -1)
         self._check_args(depth, num_stages, kwargs, drop_path_rate)
+        check_value_conv('ELAResNet', attn_value_conv)
         if stage_with_attention is None:
             stage_with_attention = [i >= frozen for i in range(num_stages)]
         stage_with_attention = self._check_stages(stage_with_attention,
@@ -122,6 +129,7 @@ class ELAResNet(ResNet):
         self.dim_per_head = dim_per_head
         self.stage_with_attention = stage_with_attention
         self.drop_path_rate = drop_path_rate
+        self.attn_value_conv = attn_value_conv
         self.attn_norm_cfg = attn_norm_cfg or attention_norm_cfg(
             kwargs.get('norm_cfg', dict(type='BN')))
         blocks = self.arch_settings[depth][1][:num_stages]
@@ -148,6 +156,7 @@ class ELAResNet(ResNet):
                 dim_per_head=self.dim_per_head,
                 norm_cfg=self.attn_norm_cfg,
                 drop_path_rates=[next(self._drop_path_rates) for _ in blocks],
+                value_conv=self.attn_value_conv,
                 with_cp=kwargs.get('with_cp', False))
         return ELAResLayer(blocks, attn)
 

@@ -28,6 +28,7 @@ class LayerAttentionStack(BaseModule):
         dim_per_head (int): channels per attention head.
         norm_cfg (dict): config of each unit's output norm.
         drop_path_rates (Sequence[float]): per-unit stochastic depth.
+        value_conv (bool): each unit's value convolution (False: V = X).
         with_cp (bool): gradient checkpointing of the units.
     """
 
@@ -36,6 +37,7 @@ class LayerAttentionStack(BaseModule):
                  dim_per_head: int = 32,
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  drop_path_rates: Optional[Sequence[float]] = None,
+                 value_conv: bool = True,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
@@ -49,6 +51,7 @@ class LayerAttentionStack(BaseModule):
                 dim_per_head=dim_per_head,
                 norm_cfg=norm_cfg,
                 drop_path_rate=rate,
+                value_conv=value_conv,
                 with_cp=with_cp)
             for i, (c, rate) in enumerate(zip(channels, drop_path_rates))
         })

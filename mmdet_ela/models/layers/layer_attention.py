@@ -18,14 +18,35 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, constant_init
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .ops import (AffineMix, DepthwiseConvSplitBackward, WeightedSumOverMemory,
+                  affine_mix, mix_values)
 
 
 def eca_kernel_size(channels: int) -> int:
     """ECA's kernel size: the odd number nearest above |(log2 C + 1) / 2|."""
     k = int(abs((math.log2(channels) + 1) / 2))
     return k if k % 2 == 1 else k + 1
+
+
+class ChannelAffine(nn.Module):
+    """``y = weight * x + bias`` per channel: an output "norm" without
+    statistics (``attn_norm_cfg=dict(type='Affine')``).
+
+    Args:
+        channels (int): C; ``weight`` and ``bias`` are [C].
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[N, C, H, W] -> [N, C, H, W]."""
+        weight, bias = self.weight[:, None, None], self.bias[:, None, None]
+        return torch.addcmul(bias, x, weight)
 
 
 def build_attention_norm(norm_cfg: dict, channels: int) -> tuple:
@@ -38,14 +59,22 @@ def build_attention_norm(norm_cfg: dict, channels: int) -> tuple:
     if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
         raise ValueError(f'attn_norm_cfg={norm_cfg!r} must be a dict with a '
                          "'type' key, e.g. dict(type='BN')")
+    if norm_cfg['type'] == 'Affine':
+        extra = set(norm_cfg) - {'type', 'requires_grad'}
+        if extra or not norm_cfg.get('requires_grad', True):
+            raise ValueError(
+                f'attn_norm_cfg={norm_cfg!r}: the Affine output takes no '
+                'options (a trainable per-channel weight and bias)')
+        return 'affine', ChannelAffine(channels)
     try:
         return build_norm_layer(norm_cfg, channels)
     except (AssertionError, KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f'attn_norm_cfg={norm_cfg!r} does not build a norm layer for '
             f'{channels} channels ({type(err).__name__}: {err}). Use e.g. '
-            "dict(type='BN'), dict(type='SyncBN') or dict(type='GN', "
-            f'num_groups=G) with G dividing {channels}') from err
+            "dict(type='BN'), dict(type='SyncBN'), dict(type='GN', "
+            f"num_groups=G) with G dividing {channels}, or "
+            "dict(type='Affine')") from err
 
 
 def check_drop_path_rate(owner: str, rate) -> None:
@@ -55,6 +84,13 @@ def check_drop_path_rate(owner: str, rate) -> None:
             or not 0.0 <= rate < 1.0):
         raise ValueError(f'{owner}: drop_path_rate={rate!r} must be a number '
                          'in [0, 1)')
+
+
+def check_value_conv(owner: str, value_conv) -> None:
+    """A ``ValueError`` naming ``owner`` unless ``value_conv`` is a bool."""
+    if not isinstance(value_conv, bool):
+        raise ValueError(
+            f'{owner}: attn_value_conv={value_conv!r} must be True or False')
 
 
 def attention_norm_cfg(norm_cfg: Optional[dict]) -> dict:
@@ -92,110 +128,18 @@ class LayerAttentionMemory:
         return len(self.keys)
 
 
-class _DepthwiseConvSplitBackward(torch.autograd.Function):
-    """A depthwise convolution whose backward asks for each gradient
-    separately.
-
-    Same maths as ``F.conv2d(x, weight, None, stride, padding, dilation, C)``.
-    On CPU, ``convolution_backward`` of a depthwise convolution is about twice
-    as slow when asked for the input and the weight gradients in one call as
-    when asked for each in its own call (PyTorch 2.x, oneDNN; e.g. [4, 256, 56,
-    56], 3x3: 17 ms vs 4 + 4 ms on one core). Used only for CPU tensors that
-    need gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple, padding: tuple,
-                dilation: tuple) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.conv_args = (stride, padding, dilation)
-        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple:
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.conv_args
-        # Under autocast the forward ran in grad's dtype: backward does too.
-        args = (grad, x.to(grad.dtype), weight.to(grad.dtype), None,
-                list(stride), list(padding), list(dilation), False, [0, 0],
-                x.shape[1])
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                *args, [True, False, False])[0].to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.ops.aten.convolution_backward(
-                *args, [False, True, False])[1].to(weight.dtype)
-        return grad_x, grad_w, None, None, None
-
-
-def _mix(attn: Tensor, values: List[Tensor]) -> Tensor:
-    """``out = sum_s attn[:, :, s] * values[s]`` per head, accumulated in
-    place.
-
-    Args:
-        attn (Tensor): [N, G, S], the attention weights.
-        values (list[Tensor]): S tensors [N, C, H, W] (C = G * d), in memory
-        order.
-
-    Returns:
-        Tensor: [N, C, H, W].
-
-    The values are viewed per head as [N, G, d, H, W] (a view in any memory
-    format, no copy) and the weights broadcast as [N, G, 1, 1, 1]: nothing is
-    stacked or copied, and time grows with S only through one multiply-add per
-    value.
-    """
-    n, g, _ = attn.shape
-    d = values[-1].shape[1] // g
-    weights = attn.view(n, g, -1, 1, 1, 1)  # [N, G, S, 1, 1, 1]
-    out = values[-1].unflatten(1, (g, d)) * weights[:, :, -1]
-    for s, v in enumerate(values[:-1]):
-        out.addcmul_(v.unflatten(1, (g, d)), weights[:, :, s])
-    return out.flatten(1, 2)
-
-
-class _WeightedSumOverMemory(torch.autograd.Function):
-    """:func:`_mix` with a hand-written backward (same maths, fewer passes).
-
-    PyTorch's derivative of ``addcmul`` first multiplies the full [N, C, H, W]
-    value by the scalar ``value`` (1), i.e. three full-size products per stored
-    value. Here there are two: ``grad_v_s = grad * a_s`` and ``grad_a_s =
-    sum(grad * v_s)`` over (d, H, W). The gradients equal autograd's through
-    :func:`_mix` (bitwise in our CPU checks). Not twice differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, attn: Tensor, *values: Tensor) -> Tensor:
-        ctx.save_for_backward(attn, *values)
-        return _mix(attn, list(values))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple:
-        attn, *values = ctx.saved_tensors
-        n, g, _ = attn.shape
-        d = values[-1].shape[1] // g
-        grad = grad.unflatten(1, (g, d))  # [N, G, d, H, W]
-        weights = attn.view(n, g, -1, 1, 1, 1)
-        grad_attn = None
-        if ctx.needs_input_grad[0]:
-            grad_attn = torch.stack(
-                [(grad * v.unflatten(1, (g, d))).sum(dim=(2, 3, 4))
-                 for v in values],
-                dim=-1)  # [N, G, S]
-        grad_values = [(grad * weights[:, :, s]).flatten(1, 2)
-                       if ctx.needs_input_grad[s + 1] else None
-                       for s in range(len(values))]
-        return (grad_attn, *grad_values)
-
-
 class LayerAttention(BaseModule):
     """One layer-attention unit: Z = X + DropPath(BN(sum_s A[s] * V_s)).
 
     ``A = softmax_s(<q, k_s> / sqrt(d))`` per head, over the keys in the
     memory. The output norm starts with weight 0 and bias 0 (at construction
     and again in :meth:`init_weights`), so a fresh unit is the identity.
+
+    The cheap unit (``value_conv=False``, ``norm_cfg=dict(type='Affine')``)
+    stores the block outputs themselves as values (V_s = X_s) and replaces BN
+    by a per-channel affine (gamma, beta). Its output is then one weighted sum
+    Z = X + beta + sum_s (gamma * A[s]) * V_s, computed in one pass per value
+    by :class:`AffineMix`; drop-path scales the per-sample weights.
 
     With a batch norm in training mode and a single value per channel (batch 1
     and a 1x1 map, e.g. P7 of a small image), batch statistics do not exist:
@@ -210,6 +154,8 @@ class LayerAttention(BaseModule):
             Default: ``dict(type='BN', requires_grad=True)``.
         drop_path_rate (float): stochastic depth on the attention branch.
             Default: 0.
+        value_conv (bool): values V = dwconv3x3(X); False stores X itself.
+            Default: True.
         with_cp (bool): recompute the unit in backward to save memory.
             Default: False.
         init_cfg (dict, optional): mmengine init config. Default: None.
@@ -229,9 +175,11 @@ class LayerAttention(BaseModule):
                  dim_per_head: int = 32,
                  norm_cfg: dict = dict(type='BN', requires_grad=True),
                  drop_path_rate: float = 0.0,
+                 value_conv: bool = True,
                  with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
+        check_value_conv('LayerAttention', value_conv)
         if (isinstance(dim_per_head, bool)
                 or not isinstance(dim_per_head, int) or dim_per_head <= 0
                 or channels % dim_per_head != 0):
@@ -246,10 +194,12 @@ class LayerAttention(BaseModule):
         self.query = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.key = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.value = nn.Conv2d(
-            channels, channels, 3, padding=1, groups=channels, bias=False)
+            channels, channels, 3, padding=1, groups=channels,
+            bias=False) if value_conv else None
         self.norm_name, norm = build_attention_norm(norm_cfg, channels)
         self.add_module(self.norm_name, norm)
         constant_init(self.norm, 0)  # the identity from construction on
+        self.drop_path_rate = drop_path_rate
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
             else nn.Identity()
         # Recording of the attention distribution for redundancy scoring.
@@ -262,7 +212,8 @@ class LayerAttention(BaseModule):
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, num_heads={self.num_heads}, '
-                f'dim_per_head={self.dim_per_head}')
+                f'dim_per_head={self.dim_per_head}, '
+                f'value_conv={self.value is not None}')
 
     def init_weights(self) -> None:
         """Run the configured init, then zero the output norm (identity)."""
@@ -294,17 +245,20 @@ class LayerAttention(BaseModule):
         return z
 
     def _value(self, x: Tensor) -> Tensor:
-        """v = dwconv3x3(x), [N, C, H, W].
+        """v = dwconv3x3(x), or x itself without a value convolution; [N, C,
+        H, W].
 
-        See :class:`_DepthwiseConvSplitBackward`.
+        See :class:`DepthwiseConvSplitBackward`.
         """
         conv = self.value
+        if conv is None:
+            return x
         if (x.device.type == 'cpu' and torch.is_grad_enabled()
                 and (x.requires_grad or conv.weight.requires_grad)
                 and not torch.jit.is_tracing()):
-            return _DepthwiseConvSplitBackward.apply(x, conv.weight,
-                                                     conv.stride, conv.padding,
-                                                     conv.dilation)
+            return DepthwiseConvSplitBackward.apply(x, conv.weight,
+                                                    conv.stride, conv.padding,
+                                                    conv.dilation)
         return conv(x)
 
     def _attend(self, x: Tensor, keys: List[Tensor],
@@ -324,21 +278,59 @@ class LayerAttention(BaseModule):
         if self.recording:
             self.attention = attn.detach()
 
-        # Under autocast softmax runs in fp32: mix in the values' dtype so the
-        # attention branch does not keep fp32 activations.
-        attn = attn.to(value.dtype)
-        # Weighted sum of the values, without stacking them (see _mix).
         values = [
             v if v.shape[-2:] == (h, w) else F.interpolate(
                 v, size=(h, w), mode='nearest') for v in values
         ] + [value]
+        if isinstance(self.norm, ChannelAffine):
+            return self._affine_output(x, attn, values), key, value
+        # Under autocast softmax runs in fp32: mix in the values' dtype so the
+        # attention branch does not keep fp32 activations.
+        attn = attn.to(value.dtype)
+        # Weighted sum of the values, without stacking them (see mix_values).
         if (torch.is_grad_enabled() and not torch.jit.is_tracing()
                 and (attn.requires_grad or any(v.requires_grad
                                                for v in values))):
-            out = _WeightedSumOverMemory.apply(attn, *values)
+            out = WeightedSumOverMemory.apply(attn, *values)
         else:  # inference, and FLOP counting by tracing: plain ops
-            out = _mix(attn, values)  # [N, C, H, W]
+            out = mix_values(attn, values)  # [N, C, H, W]
         return x + self.drop_path(self._normalize(out)), key, value
+
+    def _affine_output(self, x: Tensor, attn: Tensor,
+                       values: List[Tensor]) -> Tensor:
+        """Z = X + DropPath(beta + sum_s (gamma * A[s]) * V_s) in one sum.
+
+        Args:
+            x (Tensor): [N, C, H, W].
+            attn (Tensor): [N, G, S].
+            values (list[Tensor]): S tensors [N, C, H, W]; the last is this
+                unit's (``x`` itself without a value convolution).
+
+        Returns:
+            Tensor: [N, C, H, W].
+        """
+        n, c = x.shape[:2]
+        norm = self.norm
+        # [N, G, S] -> [N, C, S]: each head's weight for its d channels.
+        coef = attn.repeat_interleave(self.dim_per_head, dim=1)
+        coef = coef * norm.weight[:, None]
+        bias = norm.bias[None]  # [1, C]
+        if self.training and self.drop_path_rate > 0:
+            keep = 1.0 - self.drop_path_rate
+            scale = (keep + torch.rand(n, 1, device=x.device)).floor_() / keep
+            coef = coef * scale[:, :, None]
+            bias = bias * scale  # [N, C]
+        dtype = values[-1].dtype
+        coef, bias = coef.to(dtype), bias.to(dtype)
+        residual = x
+        if self.value is None:  # V_b = X: fold the residual into its weight
+            coef = torch.cat([coef[:, :, :-1], coef[:, :, -1:] + 1], dim=-1)
+            residual = None
+        if (torch.is_grad_enabled() and not torch.jit.is_tracing()
+                and (coef.requires_grad or any(v.requires_grad
+                                               for v in values))):
+            return AffineMix.apply(coef, bias, residual, *values)
+        return affine_mix(coef, bias, values, residual)
 
     def _normalize(self, out: Tensor) -> Tensor:
         """The output norm of ``out`` ([N, C, H, W]).

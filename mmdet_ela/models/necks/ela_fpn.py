@@ -6,7 +6,8 @@ from mmdet.registry import MODELS
 from torch import Tensor
 
 from ..layers import (LayerAttentionMemory, LayerAttentionStack,
-                      attention_norm_cfg, check_drop_path_rate)
+                      attention_norm_cfg, check_drop_path_rate,
+                      check_value_conv)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -35,6 +36,8 @@ class ELAFPN(FPN):
             Default: ``norm_cfg`` with ``requires_grad=True``, or BN.
         drop_path_rate (float): stochastic depth on the attention branches,
             rising from 0 to this value along the levels. Default: 0.
+        attn_value_conv (bool): the units' depthwise value convolution; False
+            uses the levels themselves as values. Default: True.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
 
     Example:
@@ -50,6 +53,7 @@ class ELAFPN(FPN):
                  dim_per_head: int = 32,
                  attn_norm_cfg: Optional[dict] = None,
                  drop_path_rate: float = 0.0,
+                 attn_value_conv: bool = True,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if (isinstance(dim_per_head, bool)
@@ -59,6 +63,7 @@ class ELAFPN(FPN):
                 f'ELAFPN: dim_per_head={dim_per_head!r} must be a positive '
                 f'integer dividing out_channels={self.out_channels}')
         check_drop_path_rate('ELAFPN', drop_path_rate)
+        check_value_conv('ELAFPN', attn_value_conv)
         if attn_norm_cfg is None:
             attn_norm_cfg = attention_norm_cfg(kwargs.get('norm_cfg'))
         last = max(self.num_outs - 1, 1)
@@ -68,7 +73,8 @@ class ELAFPN(FPN):
             norm_cfg=attn_norm_cfg,
             drop_path_rates=[
                 drop_path_rate * i / last for i in range(self.num_outs)
-            ])
+            ],
+            value_conv=attn_value_conv)
         guard_mask_loading(self)  # all-or-nothing mask loading
 
     def forward(self, inputs: Tuple[Tensor]) -> tuple:

@@ -1,0 +1,181 @@
+"""Autograd functions of the layer-attention unit (same maths as plain
+PyTorch ops, fewer passes over [N, C, H, W] tensors).
+
+The unit is memory-bound: its cost is the number of times it reads and writes
+full-size feature maps, forward and backward. The functions here remove passes
+that autograd's generic derivatives would make. Each has a test that compares
+its gradients with autograd's through plain ops.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class DepthwiseConvSplitBackward(torch.autograd.Function):
+    """A depthwise convolution whose backward asks for each gradient
+    separately.
+
+    Same maths as ``F.conv2d(x, weight, None, stride, padding, dilation, C)``.
+    On CPU, ``convolution_backward`` of a depthwise convolution is about twice
+    as slow when asked for the input and the weight gradients in one call as
+    when asked for each in its own call (PyTorch 2.x, oneDNN; e.g. [4, 256, 56,
+    56], 3x3: 17 ms vs 4 + 4 ms on one core). Used only for CPU tensors that
+    need gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple, padding: tuple,
+                dilation: tuple) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conv_args = (stride, padding, dilation)
+        return F.conv2d(x, weight, None, stride, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.conv_args
+        # Under autocast the forward ran in grad's dtype: backward does too.
+        args = (grad, x.to(grad.dtype), weight.to(grad.dtype), None,
+                list(stride), list(padding), list(dilation), False, [0, 0],
+                x.shape[1])
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                *args, [True, False, False])[0].to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                *args, [False, True, False])[1].to(weight.dtype)
+        return grad_x, grad_w, None, None, None
+
+
+def mix_values(attn: Tensor, values: List[Tensor]) -> Tensor:
+    """``out = sum_s attn[:, :, s] * values[s]`` per head, accumulated in
+    place.
+
+    Args:
+        attn (Tensor): [N, G, S], the attention weights.
+        values (list[Tensor]): S tensors [N, C, H, W] (C = G * d), in memory
+        order.
+
+    Returns:
+        Tensor: [N, C, H, W].
+
+    The values are viewed per head as [N, G, d, H, W] (a view in any memory
+    format, no copy) and the weights broadcast as [N, G, 1, 1, 1]: nothing is
+    stacked or copied, and time grows with S only through one multiply-add per
+    value.
+    """
+    n, g, _ = attn.shape
+    d = values[-1].shape[1] // g
+    weights = attn.view(n, g, -1, 1, 1, 1)  # [N, G, S, 1, 1, 1]
+    out = values[-1].unflatten(1, (g, d)) * weights[:, :, -1]
+    for s, v in enumerate(values[:-1]):
+        out.addcmul_(v.unflatten(1, (g, d)), weights[:, :, s])
+    return out.flatten(1, 2)
+
+
+class WeightedSumOverMemory(torch.autograd.Function):
+    """:func:`mix_values` with a hand-written backward (same maths, fewer
+    passes).
+
+    PyTorch's derivative of ``addcmul`` first multiplies the full [N, C, H, W]
+    value by the scalar ``value`` (1), i.e. three full-size products per stored
+    value. Here there are two: ``grad_v_s = grad * a_s`` and ``grad_a_s =
+    sum(grad * v_s)`` over (d, H, W). The gradients equal autograd's through
+    :func:`mix_values` (bitwise in our CPU checks). Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, attn: Tensor, *values: Tensor) -> Tensor:
+        ctx.save_for_backward(attn, *values)
+        return mix_values(attn, list(values))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple:
+        attn, *values = ctx.saved_tensors
+        n, g, _ = attn.shape
+        d = values[-1].shape[1] // g
+        grad = grad.unflatten(1, (g, d))  # [N, G, d, H, W]
+        weights = attn.view(n, g, -1, 1, 1, 1)
+        grad_attn = None
+        if ctx.needs_input_grad[0]:
+            grad_attn = torch.stack(
+                [(grad * v.unflatten(1, (g, d))).sum(dim=(2, 3, 4))
+                 for v in values],
+                dim=-1)  # [N, G, S]
+        grad_values = [(grad * weights[:, :, s]).flatten(1, 2)
+                       if ctx.needs_input_grad[s + 1] else None
+                       for s in range(len(values))]
+        return (grad_attn, *grad_values)
+
+
+def affine_mix(coef: Tensor,
+               bias: Tensor,
+               values: List[Tensor],
+               x: Optional[Tensor] = None) -> Tensor:
+    """``out = bias + sum_s coef[:, :, s] * values[s] (+ x)``, plain ops.
+
+    Args:
+        coef (Tensor): [N, C, S], one weight per sample, channel and value.
+        bias (Tensor): [B, C] with B = 1 or N.
+        values (list[Tensor]): S tensors [N, C, H, W].
+        x (Tensor, optional): [N, C, H, W], added as is. Default: None.
+
+    Returns:
+        Tensor: [N, C, H, W]. One pass per value (and one for ``x``): the
+        first product is written over the broadcast bias, the others are
+        accumulated in place.
+    """
+    out = torch.addcmul(bias[..., None, None], values[-1], coef[:, :, -1, None,
+                                                                None])
+    for s, v in enumerate(values[:-1]):
+        out.addcmul_(v, coef[:, :, s, None, None])
+    if x is not None:
+        out.add_(x)
+    return out
+
+
+class AffineMix(torch.autograd.Function):
+    """:func:`affine_mix` with a hand-written backward.
+
+    Backward makes one pass per value for its gradient (``grad * coef_s``),
+    one product and sum per value for the weight gradient, one read for the
+    bias gradient, and passes ``grad``
+    on to ``x`` without a copy. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, coef, bias, x, *values):
+        """``coef`` [N, C, S], ``bias`` [B, C], ``x`` [N, C, H, W] or None,
+        S ``values`` [N, C, H, W] -> [N, C, H, W]."""
+        ctx.save_for_backward(coef, *values)
+        ctx.bias_rows = bias.shape[0]
+        ctx.bias_dtype = bias.dtype
+        return affine_mix(coef, bias, list(values), x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple:
+        coef, *values = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_coef = grad_bias = grad_x = None
+        if need[0]:
+            sums = [(grad * v).sum(dim=(2, 3)) for v in values]
+            grad_coef = torch.stack(sums, dim=-1).to(coef.dtype)  # [N, C, S]
+        if need[1]:
+            acc = torch.promote_types(grad.dtype, torch.float32)
+            grad_bias = grad.sum(dim=(2, 3), dtype=acc)
+            if ctx.bias_rows == 1:
+                grad_bias = grad_bias.sum(dim=0, keepdim=True)
+            grad_bias = grad_bias.to(ctx.bias_dtype)
+        if need[2]:
+            grad_x = grad
+        grad_values = [
+            grad * coef[:, :, s, None, None] if need[s + 3] else None
+            for s in range(len(values))
+        ]
+        return (grad_coef, grad_bias, grad_x, *grad_values)

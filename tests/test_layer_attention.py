@@ -1,0 +1,176 @@
+"""The unit's autograd functions and the cheap unit (value = X, affine)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmdet_ela.models import ELAFPN, ELAResNet
+from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
+from mmdet_ela.models.layers.ops import (AffineMix, DepthwiseConvSplitBackward,
+                                         WeightedSumOverMemory, affine_mix,
+                                         mix_values)
+from mmdet_ela.pruning import attention_stacks
+
+LITE = dict(norm_cfg=dict(type='Affine'), value_conv=False)
+
+
+def _double(*shape):
+    return torch.randn(*shape, dtype=torch.double, requires_grad=True)
+
+
+@pytest.mark.parametrize('bias_rows', [1, 2])
+@pytest.mark.parametrize('with_x', [True, False])
+def test_affine_mix_gradients_match_autograd(bias_rows, with_x):
+    torch.manual_seed(0)
+    coef, bias = _double(2, 8, 3), _double(bias_rows, 8)
+    values = [_double(2, 8, 5, 4) for _ in range(3)]
+    x = _double(2, 8, 5, 4) if with_x else None
+
+    def fused(c, b, *v):
+        return AffineMix.apply(c, b, x, *v)
+
+    assert torch.autograd.gradcheck(fused, (coef, bias, *values))
+    out = fused(coef, bias, *values)
+    ref = bias[..., None, None] + sum(coef[:, :, s, None, None] * v
+                                      for s, v in enumerate(values))
+    if with_x:
+        ref = ref + x
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(affine_mix(coef, bias, values, x), ref)
+
+
+def test_weighted_sum_and_depthwise_conv_gradients_match_autograd():
+    torch.manual_seed(0)
+    attn = _double(2, 4, 3)
+    values = [_double(2, 8, 5, 4) for _ in range(3)]
+    assert torch.autograd.gradcheck(WeightedSumOverMemory.apply,
+                                    (attn, *values))
+    ref = sum(attn[:, :, s].repeat_interleave(2, dim=1)[..., None, None] * v
+              for s, v in enumerate(values))
+    torch.testing.assert_close(mix_values(attn, values), ref)
+    x, weight = _double(2, 8, 5, 4), _double(8, 1, 3, 3)
+    args = ((1, 1), (1, 1), (1, 1))
+    assert torch.autograd.gradcheck(
+        lambda a, w: DepthwiseConvSplitBackward.apply(a, w, *args),
+        (x, weight))
+    torch.testing.assert_close(
+        DepthwiseConvSplitBackward.apply(x, weight, *args),
+        F.conv2d(x, weight, None, 1, 1, 1, 8))
+
+
+def _reference_unit(unit, xs):
+    """The unit's maths with plain ops, for a list of block outputs."""
+    keys, values, outs = [], [], []
+    g, d = unit.num_heads, unit.dim_per_head
+    for x in xs:
+        n = x.shape[0]
+        y = x.mean(dim=(2, 3)).unsqueeze(1)
+        q, k = unit.query(y).view(n, g, d), unit.key(y).view(n, g, d)
+        keys.append(k)
+        values.append(x if unit.value is None else unit.value(x))
+        attn = torch.einsum('ngd,ngsd->ngs', q, torch.stack(keys, 2))
+        attn = (attn / math.sqrt(d)).softmax(-1).repeat_interleave(d, 1)
+        out = sum(attn[:, :, s, None, None] * v for s, v in enumerate(values))
+        outs.append(x + unit.norm(out))
+    return outs
+
+
+@pytest.mark.parametrize('value_conv', [True, False])
+def test_affine_unit_matches_plain_maths_and_gradients(value_conv):
+    torch.manual_seed(0)
+    unit = LayerAttention(
+        8, dim_per_head=4, norm_cfg=dict(type='Affine'),
+        value_conv=value_conv).double()
+    torch.nn.init.normal_(unit.norm.weight)
+    torch.nn.init.normal_(unit.norm.bias)
+    xs = [_double(2, 8, 3, 2) for _ in range(3)]
+
+    def run(*inputs):
+        memory = LayerAttentionMemory()
+        return tuple(unit(x, memory) for x in inputs)
+
+    for a, b in zip(run(*xs), _reference_unit(unit, xs)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(run, tuple(xs))
+    # Parameter gradients too (query, key, affine; value conv if any).
+    grads = [torch.randn(2, 8, 3, 2, dtype=torch.double) for _ in xs]
+    params = list(unit.parameters())
+    fused = torch.autograd.grad(run(*xs), params, grads)
+    plain = torch.autograd.grad(_reference_unit(unit, xs), params, grads)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b)
+
+
+def test_lite_unit_is_identity_at_init_and_drop_path_drops_samples():
+    torch.manual_seed(0)
+    unit = LayerAttention(16, dim_per_head=4, **LITE)
+    memory = LayerAttentionMemory()
+    xs = [torch.randn(2, 16, 5, 4) for _ in range(3)]
+    for x in xs:
+        assert torch.equal(unit(x, memory), x)
+    assert 'value' not in dict(unit.named_children())
+    unit = LayerAttention(16, dim_per_head=4, drop_path_rate=0.5, **LITE)
+    torch.nn.init.normal_(unit.norm.weight)
+    torch.nn.init.normal_(unit.norm.bias)
+    unit.train()
+    x = torch.randn(64, 16, 3, 3)
+    out = unit(x, LayerAttentionMemory())
+    dropped = (out == x).flatten(1).all(dim=1)
+    assert 0 < int(dropped.sum()) < 64  # some samples keep the branch
+    unit.eval()
+    torch.testing.assert_close(
+        unit(x, LayerAttentionMemory()),
+        _reference_unit(unit, [x])[0])
+
+
+def test_lite_backbone_and_neck_learn_prune_and_match_plain_at_init():
+    torch.manual_seed(0)
+    backbone = ELAResNet(
+        depth=18,
+        attn_value_conv=False,
+        attn_norm_cfg=dict(type='Affine'),
+        norm_eval=False)
+    neck = ELAFPN([64, 128, 256, 512],
+                  32,
+                  num_outs=5,
+                  attn_value_conv=False,
+                  attn_norm_cfg=dict(type='Affine'))
+    plain = ELAResNet(depth=18, norm_eval=False)
+    plain.load_state_dict(backbone.state_dict(), strict=False)
+    x = torch.rand(2, 3, 64, 64)
+    for a, b in zip(backbone(x), plain(x)):
+        torch.testing.assert_close(a, b)
+    assert not any('.value.' in k for k in backbone.state_dict())
+    params = list(backbone.parameters()) + list(neck.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    for _ in range(3):
+        loss = sum(o.pow(2).mean() for o in neck(backbone(x)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for model in (backbone, neck):
+        for stack in attention_stacks(model).values():
+            for _, unit in stack.kept_units():
+                weight = unit.norm.weight
+                assert weight.isfinite().all() and weight.abs().sum() > 0
+    backbone.layer2.attn.prune([1])
+    neck.attn.prune([2])
+    assert len(neck(backbone(x))) == 5
+
+
+@pytest.mark.parametrize('kwargs, key', [
+    (dict(norm_cfg=dict(type='Affine', eps=1e-5)), 'attn_norm_cfg'),
+    (dict(norm_cfg=dict(type='Affine', requires_grad=False)), 'attn_norm_cfg'),
+    (dict(value_conv='no'), 'attn_value_conv'),
+])
+def test_bad_lite_options(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        LayerAttention(16, dim_per_head=4, **kwargs)
+    with pytest.raises(ValueError, match=key):
+        options = dict(
+            attn_norm_cfg=kwargs.get('norm_cfg', dict(type='BN')),
+            attn_value_conv=kwargs.get('value_conv', True))
+        ELAFPN([64, 128], 32, num_outs=2, **options)
+    with pytest.raises(ValueError, match=key):
+        ELAResNet(depth=18, **options)
