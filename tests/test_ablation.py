@@ -57,6 +57,12 @@ def test_variant_models():
     # the base config is left alone
     assert base.model.backbone.type == 'ELAResNet'
 
+    lite = variant_config(base, VARIANTS['ela-lite'], seed=0)
+    for part in (lite.model.backbone, lite.model.neck):
+        assert part.attn_value_conv is False
+        assert part.attn_norm_cfg['type'] == 'Affine'
+    assert len(_stacks(lite)) == len(_stacks(ela))
+
 
 def test_variant_from_plain_config_and_hook_overrides():
     base = Config.fromfile(SHAPES_CONFIG)

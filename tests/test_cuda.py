@@ -56,3 +56,35 @@ def test_cuda_runner_prunes(tiny_shapes, tmp_path):
     record = read_json(osp.join(work, 'ela_prune', 'round_1.json'))
     assert record['num_pruned_now'] >= 1
     assert get_masks(runner.model) == record['mask']
+
+
+@pytest.mark.parametrize('value_conv', [True, False])
+def test_cuda_affine_unit_gradients_and_autocast(value_conv):
+    from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
+    torch.manual_seed(0)
+    unit = LayerAttention(
+        64,
+        dim_per_head=16,
+        norm_cfg=dict(type='Affine'),
+        value_conv=value_conv).cuda()
+    torch.nn.init.normal_(unit.norm.weight)
+    torch.nn.init.normal_(unit.norm.bias)
+    xs = [
+        torch.randn(2, 64, 6, 5, device='cuda', requires_grad=True)
+        for _ in range(3)
+    ]
+
+    def run(inputs):
+        memory = LayerAttentionMemory()
+        return [unit(x, memory) for x in inputs]
+
+    double = [x.detach().double().requires_grad_(True) for x in xs]
+    unit.double()
+    assert torch.autograd.gradcheck(lambda *a: tuple(run(a)), tuple(double))
+    unit.float()
+    with torch.autocast('cuda', dtype=torch.float16):
+        outs = run([x.half() for x in xs])
+    assert all(o.dtype == torch.float16 for o in outs)
+    sum(o.float().mean() for o in outs).backward()
+    assert all(x.grad is not None and x.grad.isfinite().all() for x in xs)
+    assert unit.norm.weight.grad.isfinite().all()

@@ -115,6 +115,13 @@ _TABLE = (
         'conv), a per-channel affine instead of BN',
         cfg_options=LITE_UNIT),
     Variant(
+        'ela-no-value-conv',
+        'ela with values = the block outputs (no value conv), BN kept',
+        cfg_options={
+            f'model.{part}.attn_value_conv': False
+            for part in ('backbone', 'neck')
+        }),
+    Variant(
         'ela-lite+hook',
         'ela-lite with ELAPruneHook defaults',
         hook={},
@@ -132,7 +139,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela+hook-q0.5-r0.5-x2'
     ],
     why=['ela', 'ela-no-attn-decay'],
-    lite=['ela', 'ela-lite', 'ela+hook', 'ela-lite+hook'],
+    lite=['ela', 'ela-lite', 'ela-no-value-conv', 'ela+hook', 'ela-lite+hook'],
     all=list(VARIANTS))
 
 
