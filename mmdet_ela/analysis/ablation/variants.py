@@ -110,6 +110,14 @@ _TABLE = (
             dict(custom_keys={'.attn.': dict(decay_mult=0.0)})
         }),
     Variant(
+        'ela-attn-lr5',
+        'ela with 5x the learning rate on the attention units (new, '
+        'zero-initialised layers)',
+        cfg_options={
+            'optim_wrapper.paramwise_cfg':
+            dict(custom_keys={'.attn.': dict(lr_mult=5.0)})
+        }),
+    Variant(
         'ela-lite',
         'ela with the cheap unit: values are the block outputs (no value '
         'conv), a per-channel affine instead of BN',
@@ -138,7 +146,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela', 'ela+hook-q0.15', 'ela+hook', 'ela+hook-q0.5',
         'ela+hook-q0.5-r0.5-x2'
     ],
-    why=['ela', 'ela-no-attn-decay'],
+    why=['ela', 'ela-no-attn-decay', 'ela-attn-lr5'],
     lite=['ela', 'ela-lite', 'ela-no-value-conv', 'ela+hook', 'ela-lite+hook'],
     all=list(VARIANTS))
 
