@@ -66,6 +66,16 @@ LITE_UNIT = {
                                                     dict(type='Affine')))
 }
 
+
+def unit_optim_options(**options) -> Dict[str, Any]:
+    """``cfg_options`` that set optimizer options (``lr_mult``,
+    ``decay_mult``...) for the attention units' parameters only."""
+    return {
+        'optim_wrapper.paramwise_cfg':
+        dict(custom_keys={'.attn.': dict(options)})
+    }
+
+
 # The one table of variants. Hook settings other than the defaults draw the
 # accuracy/cost curve (more pruning: a higher quantile, a larger budget, more
 # rounds).
@@ -105,18 +115,12 @@ _TABLE = (
         'ela-no-attn-decay',
         'ela without weight decay on the attention units (their zero-init '
         'norms are not pulled back to zero)',
-        cfg_options={
-            'optim_wrapper.paramwise_cfg':
-            dict(custom_keys={'.attn.': dict(decay_mult=0.0)})
-        }),
+        cfg_options=unit_optim_options(decay_mult=0.0)),
     Variant(
         'ela-attn-lr5',
         'ela with 5x the learning rate on the attention units (new, '
         'zero-initialised layers)',
-        cfg_options={
-            'optim_wrapper.paramwise_cfg':
-            dict(custom_keys={'.attn.': dict(lr_mult=5.0)})
-        }),
+        cfg_options=unit_optim_options(lr_mult=5.0)),
     Variant(
         'ela-lite',
         'ela with the cheap unit: values are the block outputs (no value '
