@@ -128,6 +128,13 @@ class LayerAttentionMemory:
         return len(self.keys)
 
 
+def _needs_backward(*tensors: Tensor) -> bool:
+    """Whether autograd will differentiate through ``tensors``: use the
+    hand-written backward then; plain ops for inference and FLOP tracing."""
+    return (torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and any(t.requires_grad for t in tensors))
+
+
 class LayerAttention(BaseModule):
     """One layer-attention unit: Z = X + DropPath(BN(sum_s A[s] * V_s)).
 
@@ -199,7 +206,6 @@ class LayerAttention(BaseModule):
         self.norm_name, norm = build_attention_norm(norm_cfg, channels)
         self.add_module(self.norm_name, norm)
         constant_init(self.norm, 0)  # the identity from construction on
-        self.drop_path_rate = drop_path_rate
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 \
             else nn.Identity()
         # Recording of the attention distribution for redundancy scoring.
@@ -288,9 +294,7 @@ class LayerAttention(BaseModule):
         # attention branch does not keep fp32 activations.
         attn = attn.to(value.dtype)
         # Weighted sum of the values, without stacking them (see mix_values).
-        if (torch.is_grad_enabled() and not torch.jit.is_tracing()
-                and (attn.requires_grad or any(v.requires_grad
-                                               for v in values))):
+        if _needs_backward(attn, *values):
             out = WeightedSumOverMemory.apply(attn, *values)
         else:  # inference, and FLOP counting by tracing: plain ops
             out = mix_values(attn, values)  # [N, C, H, W]
@@ -309,14 +313,15 @@ class LayerAttention(BaseModule):
         Returns:
             Tensor: [N, C, H, W].
         """
-        n, c = x.shape[:2]
+        n = x.shape[0]
         norm = self.norm
         # [N, G, S] -> [N, C, S]: each head's weight for its d channels.
         coef = attn.repeat_interleave(self.dim_per_head, dim=1)
         coef = coef * norm.weight[:, None]
         bias = norm.bias[None]  # [1, C]
-        if self.training and self.drop_path_rate > 0:
-            keep = 1.0 - self.drop_path_rate
+        rate = getattr(self.drop_path, 'drop_prob', 0.0)  # Identity: none
+        if self.training and rate > 0:
+            keep = 1.0 - rate
             scale = (keep + torch.rand(n, 1, device=x.device)).floor_() / keep
             coef = coef * scale[:, :, None]
             bias = bias * scale  # [N, C]
@@ -326,9 +331,7 @@ class LayerAttention(BaseModule):
         if self.value is None:  # V_b = X: fold the residual into its weight
             coef = torch.cat([coef[:, :, :-1], coef[:, :, -1:] + 1], dim=-1)
             residual = None
-        if (torch.is_grad_enabled() and not torch.jit.is_tracing()
-                and (coef.requires_grad or any(v.requires_grad
-                                               for v in values))):
+        if _needs_backward(coef, *values):
             return AffineMix.apply(coef, bias, residual, *values)
         return affine_mix(coef, bias, values, residual)
 
