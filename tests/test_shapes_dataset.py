@@ -143,3 +143,58 @@ def test_mmdet_coco_dataset(tiny: Dict[str, str]) -> None:
         assert len(boxes) == len(item['gt_bboxes_labels']) >= 1
         assert boxes.min() >= 0 and boxes.max() <= 96
         assert set(item['gt_bboxes_labels'].tolist()) <= {0, 1, 2, 3}
+
+
+def test_context_task(tmp_path: Path) -> None:
+    """The context task: six classes, every image's labels share one key,
+    and the config that trains on it names the same classes."""
+    from mmengine.config import Config
+
+    from mmdet_ela.datasets import CONTEXT_CLASSES
+    paths = make_shapes_dataset(
+        str(tmp_path),
+        num_train=24,
+        num_val=2,
+        img_size=128,
+        seed=0,
+        progress=False,
+        task='context')
+    data = json.loads(Path(paths['train_ann']).read_text())
+    assert [c['name'] for c in data['categories']] == list(CONTEXT_CLASSES)
+    assert 'context' in data['info']['description']
+    keys = {}
+    for ann in data['annotations']:
+        keys.setdefault(ann['image_id'], set()).add(
+            (ann['category_id'] - 1) // 3)
+    assert all(len(k) == 1 for k in keys.values())  # one key per image
+    assert {k.pop() for k in keys.values()} == {0, 1}  # both keys occur
+    assert {a['category_id'] for a in data['annotations']} == set(range(1, 7))
+    assert json.loads(Path(paths['meta']).read_text())['generator'] == \
+        'context'
+    # the same parameters as the shapes task give other images
+    shapes = make_shapes_dataset(
+        str(tmp_path / 'shapes'),
+        num_train=1,
+        num_val=0,
+        img_size=128,
+        seed=0,
+        progress=False)
+    first = osp.join('train', '000000.png')
+    assert _read_tree(shapes['root'])[first] != _read_tree(
+        paths['root'])[first]
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.fromfile(
+        str(root / 'configs' / 'shapes' /
+            'retinanet_ela-r18_ela-fpn_shapes-context.py'))
+    assert cfg.synthetic_data.task == 'context'
+    assert cfg.train_dataloader.dataset.metainfo.classes == CONTEXT_CLASSES
+    assert cfg.model.bbox_head.num_classes == len(CONTEXT_CLASSES)
+
+
+def test_unknown_task(tmp_path: Path) -> None:
+    """A wrong task names the allowed ones."""
+    with pytest.raises(
+            ValueError,
+            match=r"task must be one of \['context', "
+            r"'shapes'\], got 'coco'"):
+        make_shapes_dataset(str(tmp_path), task='coco', progress=False)

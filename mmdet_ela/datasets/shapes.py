@@ -1,4 +1,4 @@
-"""A small, deterministic synthetic object-detection dataset in COCO format.
+"""The synthetic shapes task: filled shapes on textured backgrounds.
 
 Each image has a textured background (gradients, stripes, smooth noise, soft
 blobs, clutter lines, pixel noise) and 1-6 filled shapes of four classes.
@@ -11,30 +11,14 @@ Annotations are amodal: ``segmentation`` is the exact polygon that was drawn
 polygon area. Objects may overlap, but at least half of every object's pixels
 stay visible; objects that cannot be placed that way are dropped.
 
-Every image is drawn from its own ``numpy.random.Generator`` seeded with
-``(seed, split, index)``, so the output does not depend on generation order and
-the same parameters give byte-identical files.
-
-Layout under ``out_dir``::
-
-    train/000000.png ...
-    val/000000.png ...
-    annotations/instances_train.json
-    annotations/instances_val.json
-    meta.json
+``writer.make_shapes_dataset`` writes the images and COCO files.
 """
-import json
-import os
-import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'star')
-
-#: Bump when the drawing code changes, so existing datasets get regenerated.
-GENERATOR_VERSION = 1
 
 #: Colours (RGB) shared by every class and by the backgrounds.
 PALETTE: Tuple[Tuple[int, int, int], ...] = (
@@ -58,11 +42,17 @@ PALETTE: Tuple[Tuple[int, int, int], ...] = (
     (200, 200, 120),
 )
 
-_SPLITS = {'train': 0, 'val': 1}
 # Min RGB distance between an object's mean fill and what is under it.
 _MIN_CONTRAST = 55.0
 _MIN_VISIBLE = 0.5  # min visible fraction of every object
 _MIN_SIZE = 12.0  # smallest object extent in pixels
+# Shapes given by their outline (x, y), centred at 0, radius ~1.
+_OUTLINES = {
+    'plus': ((1, .3), (.3, .3), (.3, 1), (-.3, 1), (-.3, .3), (-1, .3),
+             (-1, -.3), (-.3, -.3), (-.3, -1), (.3, -1), (.3, -.3), (1, -.3)),
+    'arrow':
+    ((1, 0), (0, .8), (0, .3), (-1, .3), (-1, -.3), (0, -.3), (0, -.8)),
+}
 
 
 def _unit_polygon(cls_name: str, rng: np.random.Generator) -> np.ndarray:
@@ -79,6 +69,13 @@ def _unit_polygon(cls_name: str, rng: np.random.Generator) -> np.ndarray:
     elif cls_name == 'star':
         angles = np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.38, 0.5))
+    elif cls_name == 'hexagon':
+        angles = np.arange(6) * np.pi / 3
+        radii = np.ones_like(angles)
+    elif cls_name in _OUTLINES:
+        xy = np.array(_OUTLINES[cls_name], np.float64)
+        angles = np.arctan2(xy[:, 1], xy[:, 0])
+        radii = np.hypot(xy[:, 0], xy[:, 1])
     else:
         raise ValueError(f'unknown shape class {cls_name!r}')
     angles = angles + rng.uniform(0, 2 * np.pi)
@@ -236,19 +233,95 @@ def _fill(size: int, rng: np.random.Generator,
     return _mix(first, second, field)
 
 
-def _place(cls_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A rotated, scaled polygon fully inside the image (COCO coordinates)."""
+def _place(cls_name: str,
+           size: int,
+           rng: np.random.Generator,
+           extent: Optional[Tuple[float, float]] = None) -> np.ndarray:
+    """A rotated, scaled polygon fully inside the image (COCO coordinates).
+
+    Its extent is log-uniform in ``extent`` pixels (default: from
+    ``_MIN_SIZE`` to half the image).
+    """
     poly = _unit_polygon(cls_name, rng)
-    extent = float(np.max(np.ptp(poly, axis=0)))
-    max_size = max(size / 2, _MIN_SIZE + 1)
-    target = float(np.exp(rng.uniform(np.log(_MIN_SIZE), np.log(max_size))))
-    poly = poly * (target / extent)
+    span = float(np.max(np.ptp(poly, axis=0)))
+    low, high = extent or (_MIN_SIZE, max(size / 2, _MIN_SIZE + 1))
+    target = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    poly = poly * (target / span)
     poly = poly - poly.min(axis=0)
     span = poly.max(axis=0)
     offset = rng.uniform(1.0, np.maximum(size - 1.0 - span, 1.0))
     poly = poly + offset
     # the stored annotation is exactly the polygon that is drawn
     return np.round(poly, 2)
+
+
+def object_record(category_id: int, poly: np.ndarray) -> dict:
+    """An object dict: ``category_id``, ``polygon``, ``bbox``, ``area``."""
+    x0, y0 = poly.min(axis=0)
+    x1, y1 = poly.max(axis=0)
+    return dict(
+        category_id=category_id,
+        polygon=poly,
+        bbox=[float(x0), float(y0),
+              float(x1 - x0),
+              float(y1 - y0)],
+        area=_polygon_area(poly))
+
+
+class Canvas:
+    """An image being drawn, with the pixels of its objects still visible.
+
+    Each drawn shape keeps a minimum visible fraction: a later shape that
+    would hide more of it is placed elsewhere.
+
+    Args:
+        size: Side of the square image in pixels.
+        rng: The image's generator; draws a textured background.
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size = size
+        self.img, self.bg_colours = _background(size, rng)
+        # visible pixels, pixel count when drawn, min visible fraction
+        self.visible: List[np.ndarray] = []
+        self.full_px: List[int] = []
+        self.min_visible: List[float] = []
+
+    def draw(self,
+             shape: str,
+             rng: np.random.Generator,
+             min_visible: float = _MIN_VISIBLE,
+             extent: Optional[Tuple[float, float]] = None,
+             attempts: int = 25) -> Optional[np.ndarray]:
+        """Draw ``shape`` on top; return its polygon, or None if it found no
+        place that keeps every earlier shape visible enough and contrasts
+        with what is under it."""
+        for _attempt in range(attempts):
+            poly = _place(shape, self.size, rng, extent)
+            alpha = _coverage(poly, self.size)
+            inside = alpha > 0.5
+            if not inside.any():
+                continue
+            if any((m & ~inside).sum() < f * n for m, n, f in zip(
+                    self.visible, self.full_px, self.min_visible)):
+                continue
+            fill = _fill(self.size, rng, self.bg_colours)
+            contrast = np.linalg.norm(fill[inside].mean(0) -
+                                      self.img[inside].mean(0))
+            if contrast < _MIN_CONTRAST:
+                continue
+            self.img = self.img * (1 - alpha[..., None]) + fill * alpha[...,
+                                                                        None]
+            self.visible = [m & ~inside for m in self.visible] + [inside]
+            self.full_px.append(int(inside.sum()))
+            self.min_visible.append(min_visible)
+            return poly
+        return None
+
+    def finish(self, rng: np.random.Generator) -> np.ndarray:
+        """Add pixel noise; return the image as uint8 RGB (H, W, 3)."""
+        img = self.img + rng.normal(0, rng.uniform(2, 10), self.img.shape)
+        return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
 def render_image(size: int,
@@ -258,184 +331,11 @@ def render_image(size: int,
     Each object is a dict with ``category_id`` (1-based), ``polygon`` ((N, 2)
     float array in COCO pixel coordinates), ``bbox`` (xywh) and ``area``.
     """
-    img, bg_colours = _background(size, rng)
+    canvas = Canvas(size, rng)
     objects: List[dict] = []
-    # Currently visible pixels of each placed object, and its pixel count
-    # when it was drawn.
-    masks: List[np.ndarray] = []
-    full_px: List[int] = []
     for _ in range(int(rng.integers(1, 7))):
         cls_idx = int(rng.integers(len(CLASSES)))
-        for _attempt in range(25):
-            poly = _place(CLASSES[cls_idx], size, rng)
-            alpha = _coverage(poly, size)
-            inside = alpha > 0.5
-            if not inside.any():
-                continue
-            # the new object is drawn on top: every earlier one must stay >=
-            # 50% visible
-            if any((m & ~inside).sum() < _MIN_VISIBLE * n
-                   for m, n in zip(masks, full_px)):
-                continue
-            fill = _fill(size, rng, bg_colours)
-            contrast = np.linalg.norm(fill[inside].mean(0) -
-                                      img[inside].mean(0))
-            if contrast < _MIN_CONTRAST:
-                continue
-            img = img * (1 - alpha[..., None]) + fill * alpha[..., None]
-            masks = [m & ~inside for m in masks] + [inside]
-            full_px.append(int(inside.sum()))
-            x0, y0 = poly.min(axis=0)
-            x1, y1 = poly.max(axis=0)
-            objects.append(
-                dict(
-                    category_id=cls_idx + 1,
-                    polygon=poly,
-                    bbox=[
-                        float(x0),
-                        float(y0),
-                        float(x1 - x0),
-                        float(y1 - y0)
-                    ],
-                    area=_polygon_area(poly)))
-            break
-    img = img + rng.normal(0, rng.uniform(2, 10), img.shape)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8), objects
-
-
-def _coco_json(images: List[dict], annotations: List[dict]) -> str:
-    """Serialise a COCO dict deterministically."""
-    data = dict(
-        info=dict(
-            description='mmdet_ela synthetic shapes',
-            version=str(GENERATOR_VERSION)),
-        licenses=[],
-        images=images,
-        annotations=annotations,
-        categories=[
-            dict(id=i + 1, name=name, supercategory='shape')
-            for i, name in enumerate(CLASSES)
-        ],
-    )
-    return json.dumps(data, separators=(',', ':'))
-
-
-def _write_split(out_dir: str, split: str, num: int, img_size: int, seed: int,
-                 progress: bool) -> Tuple[str, int]:
-    """Draw and write one split; return the annotation path, object count."""
-    img_dir = osp.join(out_dir, split)
-    os.makedirs(img_dir, exist_ok=True)
-    for name in os.listdir(img_dir):  # drop stale images from an earlier run
-        if name.endswith('.png'):
-            os.remove(osp.join(img_dir, name))
-    images: List[dict] = []
-    annotations: List[dict] = []
-    bar = None
-    if progress and num > 0:
-        from mmengine.utils import ProgressBar
-        print(f'shapes: writing {num} {split} images to {img_dir}')
-        bar = ProgressBar(num)
-    for index in range(num):
-        rng = np.random.default_rng([seed, _SPLITS[split], index])
-        img, objects = render_image(img_size, rng)
-        file_name = f'{index:06d}.png'
-        cv2.imwrite(
-            osp.join(img_dir, file_name), img[..., ::-1],
-            [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        image_id = index + 1
-        images.append(
-            dict(
-                id=image_id,
-                file_name=file_name,
-                width=img_size,
-                height=img_size))
-        for obj in objects:
-            annotations.append(
-                dict(
-                    id=len(annotations) + 1,
-                    image_id=image_id,
-                    category_id=obj['category_id'],
-                    bbox=[round(v, 2) for v in obj['bbox']],
-                    area=round(obj['area'], 2),
-                    iscrowd=0,
-                    segmentation=[[
-                        round(float(v), 2) for v in obj['polygon'].reshape(-1)
-                    ]],
-                ))
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        print()
-    ann_path = osp.join(out_dir, 'annotations', f'instances_{split}.json')
-    os.makedirs(osp.dirname(ann_path), exist_ok=True)
-    with open(ann_path, 'w') as f:
-        f.write(_coco_json(images, annotations))
-    return ann_path, len(annotations)
-
-
-def make_shapes_dataset(out_dir: str,
-                        num_train: int = 400,
-                        num_val: int = 100,
-                        img_size: int = 160,
-                        seed: int = 0,
-                        progress: bool = True) -> Dict[str, str]:
-    """Write the synthetic shapes dataset under ``out_dir`` unless it is
-    already there.
-
-    If ``out_dir/meta.json`` records the same parameters (and generator
-    version) and the annotation files exist, nothing is written; otherwise the
-    dataset is (re)generated. ``meta.json`` is written last, so an interrupted
-    run is redone.
-
-    Args:
-        out_dir: Root folder of the dataset.
-        num_train: Number of training images.
-        num_val: Number of validation images.
-        img_size: Side of the square images in pixels.
-        seed: Non-negative base seed; image ``i`` of a split uses its own
-            generator seeded with ``(seed, split, i)``.
-        progress: Show a progress bar while writing.
-
-    Returns:
-        Paths: ``root``, ``train_img_dir``, ``val_img_dir``, ``train_ann``,
-        ``val_ann`` and ``meta``.
-    """
-    if seed < 0:
-        raise ValueError('seed must be non-negative')
-    if img_size < 32:
-        raise ValueError('img_size must be at least 32')
-    paths = dict(
-        root=out_dir,
-        train_img_dir=osp.join(out_dir, 'train'),
-        val_img_dir=osp.join(out_dir, 'val'),
-        train_ann=osp.join(out_dir, 'annotations', 'instances_train.json'),
-        val_ann=osp.join(out_dir, 'annotations', 'instances_val.json'),
-        meta=osp.join(out_dir, 'meta.json'),
-    )
-    params = dict(
-        generator='shapes',
-        version=GENERATOR_VERSION,
-        seed=seed,
-        num_train=num_train,
-        num_val=num_val,
-        img_size=img_size,
-        classes=list(CLASSES))
-    if all(osp.isfile(paths[k]) for k in ('meta', 'train_ann', 'val_ann')):
-        try:
-            with open(paths['meta']) as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
-        if {k: old.get(k) for k in params} == params:
-            return paths
-    if osp.isfile(paths['meta']):
-        os.remove(paths['meta'])
-
-    counts = {}
-    for split, num in (('train', num_train), ('val', num_val)):
-        _, counts[f'{split}_objects'] = _write_split(out_dir, split, num,
-                                                     img_size, seed, progress)
-    with open(paths['meta'], 'w') as f:
-        json.dump(dict(params, **counts), f, indent=2)
-        f.write('\n')
-    return paths
+        poly = canvas.draw(CLASSES[cls_idx], rng)
+        if poly is not None:
+            objects.append(object_record(cls_idx + 1, poly))
+    return canvas.finish(rng), objects

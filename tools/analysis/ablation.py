@@ -5,6 +5,9 @@ Usage::
 
     # the CPU default: the shapes set, 6 variants x 3 seeds, a short schedule
     python tools/analysis/ablation.py
+    # the harder synthetic task (context, clutter, occlusion), same preset
+    python tools/analysis/ablation.py \\
+        configs/shapes/retinanet_ela-r18_ela-fpn_shapes-context.py
     # any config (e.g. COCO with 8 GPUs per run), chosen variants, 3 seeds
     python tools/analysis/ablation.py CONFIG --variants plain ela ela+hook \\
         --seeds 3 --gpus 8 --work-dir work_dirs/ablation_coco
@@ -36,13 +39,13 @@ from mmdet_ela.analysis.ablation import (GROUPS, VARIANTS, aggregate,
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SHAPES_CONFIG = osp.join(ROOT, 'configs', 'shapes',
                          'retinanet_ela-r18_ela-fpn_shapes.py')
-# The CPU default: the demo's data (400 / 100 images of 160 px), 12 epochs
-# instead of 30, so that 6 variants x 3 seeds fit in about 80 minutes on 2
-# cores (about 4.5 minutes a run). The hook's `begin` scales with the epochs
-# (6 -> 2); validating every 2 epochs lets it prune after epoch 2.
+# The CPU preset of the synthetic configs: the demo's data (400 / 100 images
+# of 160 px), 12 epochs instead of 30, so that 6 variants x 3 seeds fit in
+# about 80 minutes on 2 cores (about 4.5 minutes a run). The hook's `begin`
+# scales with the epochs (6 -> 2); validating every 2 epochs lets it prune
+# after epoch 2.
 SHAPES_EPOCHS = 12
 SHAPES_VAL_INTERVAL = 2
-SHAPES_DATA = dict(num_train=400, num_val=100, img_size=160, seed=0)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -51,7 +54,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'config',
         nargs='?',
         default=None,
-        help='config (default: the shapes config, CPU preset)')
+        help='config (default: the shapes config; synthetic configs get '
+        'the CPU preset)')
     p.add_argument(
         '--variants',
         nargs='+',
@@ -73,7 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help='train epochs; scheduler bounds and the hook\'s '
         f'begin scale along (default: the config\'s; '
-        f'{SHAPES_EPOCHS} for the shapes default)')
+        f'{SHAPES_EPOCHS} for synthetic configs)')
     p.add_argument(
         '--hook-options',
         nargs='+',
@@ -131,31 +135,43 @@ def set_data_root(cfg: Config, root: str) -> None:
             cfg[ev].ann_file = root + 'annotations/instances_val.json'
 
 
-def make_shapes_if_missing(cfg: Config, config: str) -> None:
-    """The shapes configs' dataset is made when its annotations are missing."""
+def make_data_if_missing(cfg: Config) -> None:
+    """Make a synthetic config's dataset (its ``synthetic_data`` key: the
+    arguments of ``make_shapes_dataset``) when its annotations are missing.
+
+    The key is removed from ``cfg``: it is the tool's, not the training's.
+    """
+    spec = cfg.pop('synthetic_data', None)
     dataset = cfg.train_dataloader.dataset
     ann = osp.join(dataset.get('data_root', ''), dataset.ann_file)
-    if osp.basename(config).endswith('_shapes.py') and not osp.isfile(ann):
+    if spec is not None and not osp.isfile(ann):
         from mmdet_ela.datasets import make_shapes_dataset
         make_shapes_dataset(
-            dataset.data_root.rstrip('/'), progress=True, **SHAPES_DATA)
+            dataset.data_root.rstrip('/'), progress=True, **spec)
 
 
 def base_config(args: argparse.Namespace) -> Config:
-    """The config every run starts from: options merged, schedule scaled."""
-    config = args.config or SHAPES_CONFIG
-    cfg = Config.fromfile(config)
-    if args.config is None:
-        set_data_root(cfg, osp.join(ROOT, 'data', 'shapes'))
+    """The config every run starts from: options merged, schedule scaled.
+
+    Synthetic configs (the shapes ones, with a ``synthetic_data`` key) get
+    the CPU preset: their data under the repository's ``data/``, validation
+    every ``SHAPES_VAL_INTERVAL`` epochs and ``SHAPES_EPOCHS`` epochs unless
+    ``--epochs`` says otherwise.
+    """
+    cfg = Config.fromfile(args.config or SHAPES_CONFIG)
+    preset = 'synthetic_data' in cfg
+    if preset:
+        root = cfg.train_dataloader.dataset.data_root
+        set_data_root(cfg, osp.join(ROOT, root))
         cfg.train_cfg.val_interval = SHAPES_VAL_INTERVAL
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     epochs = args.epochs
-    if epochs is None and args.config is None:
+    if epochs is None and preset:
         epochs = SHAPES_EPOCHS
     if epochs is not None:
         scale_schedule(cfg, epochs)
-    make_shapes_if_missing(cfg, config)
+    make_data_if_missing(cfg)
     return cfg
 
 

@@ -1,6 +1,9 @@
-"""Write the synthetic shapes detection dataset (COCO format).
+"""Write a synthetic detection dataset (COCO format).
 
     python tools/misc/make_shapes_dataset.py --out-dir data/shapes
+    # the harder task: classes told apart by a key elsewhere in the image
+    python tools/misc/make_shapes_dataset.py --task context \\
+        --out-dir data/shapes_context
 
 Nothing is rewritten when ``out_dir`` already holds a dataset made with the
 same parameters.
@@ -10,11 +13,11 @@ import os.path as osp
 import sys
 
 try:
-    from mmdet_ela.datasets import make_shapes_dataset
+    from mmdet_ela.datasets import TASKS, make_shapes_dataset
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0,
                     osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
-    from mmdet_ela.datasets import make_shapes_dataset
+    from mmdet_ela.datasets import TASKS, make_shapes_dataset
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,6 +34,12 @@ def parse_args() -> argparse.Namespace:
         '--img-size', type=int, default=160, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0, help='base seed (>= 0)')
     parser.add_argument(
+        '--task',
+        choices=sorted(TASKS),
+        default='shapes',
+        help='shapes (4 classes) or context (6 classes told apart by a key '
+        'elsewhere in the image, with clutter and occlusion)')
+    parser.add_argument(
         '--no-progress', action='store_true', help='hide the progress bar')
     return parser.parse_args()
 
@@ -44,8 +53,9 @@ def main() -> None:
         num_val=args.num_val,
         img_size=args.img_size,
         seed=args.seed,
-        progress=not args.no_progress)
-    print(f'shapes dataset in {paths["root"]}')
+        progress=not args.no_progress,
+        task=args.task)
+    print(f'{args.task} dataset in {paths["root"]}')
     for key in ('train_img_dir', 'train_ann', 'val_img_dir', 'val_ann',
                 'meta'):
         print(f'  {key:14s} {paths[key]}')
