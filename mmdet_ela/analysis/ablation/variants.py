@@ -122,6 +122,21 @@ _TABLE = (
         'zero-initialised layers)',
         cfg_options=unit_optim_options(lr_mult=5.0)),
     Variant(
+        'ela-drop-path', 'ela with stochastic depth on the attention branches '
+        '(drop_path_rate=0.1, rising along the units)',
+        cfg_options={
+            f'model.{part}.drop_path_rate': 0.1
+            for part in ('backbone', 'neck')
+        }),
+    Variant(
+        'ela-affine-norm',
+        'ela with a per-channel affine output (no batch statistics) '
+        'instead of BN; value conv kept',
+        cfg_options={
+            f'model.{part}.attn_norm_cfg': dict(type='Affine')
+            for part in ('backbone', 'neck')
+        }),
+    Variant(
         'ela-lite',
         'ela with the cheap unit: values are the block outputs (no value '
         'conv), a per-channel affine instead of BN',
@@ -150,7 +165,10 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela', 'ela+hook-q0.15', 'ela+hook', 'ela+hook-q0.5',
         'ela+hook-q0.5-r0.5-x2'
     ],
-    why=['ela', 'ela-no-attn-decay', 'ela-attn-lr5'],
+    why=[
+        'ela', 'ela-no-attn-decay', 'ela-attn-lr5', 'ela-drop-path',
+        'ela-affine-norm'
+    ],
     lite=['ela', 'ela-lite', 'ela-no-value-conv', 'ela+hook', 'ela-lite+hook'],
     all=list(VARIANTS))
 
