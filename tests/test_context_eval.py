@@ -1,15 +1,15 @@
 """The context task's two mAPs, on hand-made detections (real pycocotools)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmdet_ela.analysis.context_eval import context_maps, merge_keys
+from mmdet_ela.datasets import CONTEXT_CLASSES as NAMES
 
 pytest.importorskip('pycocotools')
 
-NAMES = ('circle-plus', 'square-plus', 'triangle-plus', 'circle-arrow',
-         'square-arrow', 'triangle-arrow')
 # (image id, category id, xywh box)
 OBJECTS = [(1, 1, [10, 10, 20, 20]), (1, 2, [50, 50, 30, 30]),
            (2, 6, [5, 40, 25, 25]), (2, 4, [60, 10, 15, 15])]
@@ -53,13 +53,13 @@ def _results(key_shift: int):
 
 def test_right_key_and_wrong_key(tmp_path):
     ann = _ann_file(tmp_path)
-    right = context_maps(ann, _results(0))
+    right = context_maps(ann, _results(0), NAMES)
     assert right['mAP'] == pytest.approx(1.0)
     assert right['shape_mAP'] == pytest.approx(1.0)
     assert right['key_gap'] == pytest.approx(0.0)
     assert right['key_accuracy'] == right['found'] == 1.0
     # every shape right, every key wrong: nothing counts until keys merge
-    wrong = context_maps(ann, _results(3))
+    wrong = context_maps(ann, _results(3), NAMES)
     assert wrong['mAP'] == pytest.approx(0.0)
     assert wrong['shape_mAP'] == pytest.approx(1.0)
     assert wrong['key_gap'] == pytest.approx(1.0)
@@ -79,16 +79,16 @@ def test_both_keys_on_one_box(tmp_path):
         pred['scores'] = np.concatenate([right, 1.3 - right])
         pred['labels'] = np.concatenate(
             [pred['labels'], (pred['labels'] + 3) % 6])
-    maps = context_maps(ann, both)
+    maps = context_maps(ann, both, NAMES)
     assert maps['shape_mAP'] == pytest.approx(1.0)
     assert maps['key_accuracy'] == 0.5 and maps['found'] == 1.0
     assert 0.0 < maps['mAP'] < 1.0
 
 
 def test_merge_keys_names_and_ids(tmp_path):
-    gt = json.loads(open(_ann_file(tmp_path)).read())
+    gt = json.loads(Path(_ann_file(tmp_path)).read_text())
     det = dict(image_id=1, category_id=5, score=1.0, bbox=[0, 0, 9, 9])
-    merged, dets = merge_keys(gt, [det, dict(det, category_id=2, score=.5)], 3)
+    merged, dets = merge_keys(gt, [det, dict(det, category_id=2, score=.5)])
     assert [c['name']
             for c in merged['categories']] == ['circle', 'square', 'triangle']
     assert [a['category_id'] for a in merged['annotations']] == [1, 2, 3, 1]
@@ -96,7 +96,13 @@ def test_merge_keys_names_and_ids(tmp_path):
     assert gt['annotations'][2]['category_id'] == 6  # input unchanged
 
 
-def test_categories_must_split_into_keys(tmp_path):
+def test_labels_follow_class_names(tmp_path):
+    """Labels index the model's classes by name, in the model's order."""
     ann = _ann_file(tmp_path)
-    with pytest.raises(ValueError, match='num_shapes=4'):
-        context_maps(ann, _results(0), num_shapes=4)
+    order = NAMES[3:] + NAMES[:3]  # the model lists the arrow classes first
+    maps = context_maps(ann, _results(3), order)
+    assert maps['mAP'] == pytest.approx(1.0)
+    with pytest.raises(
+            ValueError, match="classes: classes .* are not the "
+            "context task's"):
+        context_maps(ann, _results(0), ('circle', 'square', 'triangle'))

@@ -11,7 +11,8 @@ custom_imports = dict(imports=['mmdet_ela'], allow_failed_imports=False)
 
 data_root = 'data/shapes/'
 classes = ('circle', 'square', 'triangle', 'star')
-# How the tools make the dataset when it is missing (`make_shapes_dataset`).
+# The dataset's parameters: tools/analysis/ablation.py makes it from them;
+# tools/demo.py and tools/misc/make_shapes_dataset.py use the same defaults.
 synthetic_data = dict(
     task='shapes', num_train=400, num_val=100, img_size=160, seed=0)
 img_scale = (160, 160)

@@ -8,9 +8,10 @@ apart:
 - ``mAP``: the task as labelled (6 classes);
 - ``shape_mAP``: both keys of each shape merged into one class (3 classes), so
   a box with the right shape and the wrong key counts as correct. A detector
-  that boxes one object as both keys (RetinaNet regresses one box per anchor
-  for every class) would count its second box as a false positive: of boxes
-  of one merged class that overlap at IoU >= 0.95, only the best is kept.
+  unsure of the key boxes one object as both keys (class-wise NMS keeps one
+  box per class); merged, the second would be a false positive. So the merged
+  detections go through NMS again within each merged class (IoU 0.5, the
+  shipped configs' NMS threshold), as a 3-class detector's would.
 
 A model that reads the key perfectly has ``mAP == shape_mAP``; one that
 ignores it loses much of ``mAP`` (each shape's two classes get confused) while
@@ -24,9 +25,11 @@ import contextlib
 import copy
 import io
 import json
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from ..datasets.context_shapes import CONTEXT_CLASSES, SHAPES
 
 __all__ = [
     'detections_to_coco', 'merge_keys', 'coco_map', 'key_accuracy',
@@ -69,31 +72,35 @@ def detections_to_coco(results: Sequence[dict],
     return out
 
 
-def merge_keys(gt: dict, detections: List[dict], num_shapes: int) -> tuple:
+def _shape_id(cat_id: int) -> int:
+    """The merged (shape) id of a context category id: ids run keys outer,
+    shapes inner (as ``CONTEXT_CLASSES``), so ``(c - 1) % 3 + 1``."""
+    return (int(cat_id) - 1) % len(SHAPES) + 1
+
+
+def merge_keys(gt: dict, detections: List[dict]) -> Tuple[dict, List[dict]]:
     """Ground truth and detections with each shape's keys in one class.
 
-    Category ids ``1 .. K * num_shapes`` are ordered keys outer, shapes inner
-    (as ``CONTEXT_CLASSES``); id ``c`` becomes ``(c - 1) % num_shapes + 1``.
+    The merged detections go through NMS per image and merged class, so a
+    box given as both keys is one box.
 
     Returns:
         tuple: ``(gt, detections)``, new objects.
     """
-
-    def merged(cat_id: int) -> int:
-        return (int(cat_id) - 1) % num_shapes + 1
-
+    merged = _shape_id
     gt = copy.deepcopy(gt)
     names = {c['id']: c['name'].split('-')[0] for c in gt['categories']}
     gt['categories'] = [
         dict(id=i, name=names[i], supercategory='shape')
-        for i in range(1, num_shapes + 1)
+        for i in range(1,
+                       len(SHAPES) + 1)
     ]
     for ann in gt['annotations']:
         ann['category_id'] = merged(ann['category_id'])
     detections = [
         dict(d, category_id=merged(d['category_id'])) for d in detections
     ]
-    return gt, _drop_duplicates(detections)
+    return gt, _nms(detections)
 
 
 def _iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
@@ -107,9 +114,9 @@ def _iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-12)
 
 
-def _drop_duplicates(detections: List[dict], iou: float = 0.95) -> List[dict]:
-    """Greedy, per image and class: drop a box that overlaps a better one
-    at ``iou`` or more."""
+def _nms(detections: List[dict], iou: float = 0.5) -> List[dict]:
+    """Greedy NMS per image and class: drop a box that overlaps a better one
+    at more than ``iou``."""
     groups: Dict[tuple, List[dict]] = {}
     for d in detections:
         groups.setdefault((d['image_id'], d['category_id']), []).append(d)
@@ -119,7 +126,7 @@ def _drop_duplicates(detections: List[dict], iou: float = 0.95) -> List[dict]:
         kept: List[dict] = []
         for d in dets:
             boxes = np.array([k['bbox'] for k in kept]).reshape(-1, 4)
-            if not len(kept) or _iou(d['bbox'], boxes).max() < iou:
+            if not len(kept) or _iou(d['bbox'], boxes).max() <= iou:
                 kept.append(d)
         out.extend(kept)
     return out
@@ -127,7 +134,6 @@ def _drop_duplicates(detections: List[dict], iou: float = 0.95) -> List[dict]:
 
 def key_accuracy(gt: dict,
                  detections: List[dict],
-                 num_shapes: int,
                  iou: float = 0.5) -> Dict[str, float]:
     """How often the best detection of an object's shape has its key.
 
@@ -140,10 +146,10 @@ def key_accuracy(gt: dict,
         by_image.setdefault(d['image_id'], []).append(d)
     found = right = 0
     for ann in gt['annotations']:
-        shape = (ann['category_id'] - 1) % num_shapes
+        shape = _shape_id(ann['category_id'])
         dets = [
             d for d in by_image.get(ann['image_id'], [])
-            if (d['category_id'] - 1) % num_shapes == shape
+            if _shape_id(d['category_id']) == shape
         ]
         if not dets:
             continue
@@ -179,22 +185,38 @@ def coco_map(gt: dict, detections: List[dict]) -> float:
     return max(float(ev.stats[0]), 0.0)
 
 
-def context_maps(ann_file: str,
-                 results: Sequence[dict],
-                 num_shapes: int = 3) -> Dict[str, float]:
+def context_maps(ann_file: str, results: Sequence[dict],
+                 classes: Sequence[str]) -> Dict[str, float]:
     """``mAP``, ``shape_mAP``, ``key_gap``, ``key_accuracy`` and ``found`` of
-    mmdet predictions on the context task's annotation file ``ann_file``."""
+    mmdet predictions on the context task's annotation file ``ann_file``.
+
+    Args:
+        ann_file: the COCO file of the context task's split.
+        results: ``DumpDetResults`` records of that split.
+        classes: the model's classes (``metainfo.classes``): label ``i`` is
+            the category named ``classes[i]``, as in mmdet.
+
+    Raises:
+        ValueError: the file's or the model's classes are not the context
+            task's.
+    """
     with open(ann_file) as f:
         gt = json.load(f)
-    cat_ids = sorted(c['id'] for c in gt['categories'])
-    if len(cat_ids) % num_shapes:
-        raise ValueError(f'{ann_file}: {len(cat_ids)} categories are not '
-                         f'keys x num_shapes={num_shapes}')
-    detections = detections_to_coco(results, cat_ids)
+    ids = {c['name']: c['id'] for c in gt['categories']}
+    for owner, names in ((ann_file, list(ids)), ('classes', list(classes))):
+        if sorted(names) != sorted(CONTEXT_CLASSES):
+            raise ValueError(f'{owner}: classes {names} are not the context '
+                             f'task\'s {list(CONTEXT_CLASSES)}')
+    if [ids[n] for n in CONTEXT_CLASSES
+        ] != list(range(1,
+                        len(CONTEXT_CLASSES) + 1)):
+        raise ValueError(f'{ann_file}: category ids must follow '
+                         f'{list(CONTEXT_CLASSES)} from 1')
+    detections = detections_to_coco(results, [ids[n] for n in classes])
     full = coco_map(gt, detections)
-    shape = coco_map(*merge_keys(gt, detections, num_shapes))
+    shape = coco_map(*merge_keys(gt, detections))
     return dict(
         mAP=full,
         shape_mAP=shape,
         key_gap=shape - full,
-        **key_accuracy(gt, detections, num_shapes))
+        **key_accuracy(gt, detections))

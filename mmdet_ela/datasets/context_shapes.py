@@ -5,8 +5,8 @@ image carries one *key*, a plus or an arrow, somewhere on it (not annotated).
 The objects are circles, squares and triangles, and an object's class is its
 shape *and* the image's key: ``circle-plus`` and ``circle-arrow`` look
 exactly alike and differ only in the key, which may be anywhere in the image.
-A detector that reads the shapes but not the key confuses each pair and loses
-about half its mAP.
+A detector that reads the shapes but not the key confuses each pair
+(``mmdet_ela.analysis.context_eval`` measures how much).
 
 On top of the shapes task's backgrounds it adds clutter and occlusion:
 

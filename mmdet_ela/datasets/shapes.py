@@ -243,10 +243,10 @@ def _place(cls_name: str,
     ``_MIN_SIZE`` to half the image).
     """
     poly = _unit_polygon(cls_name, rng)
-    span = float(np.max(np.ptp(poly, axis=0)))
+    unit_extent = float(np.max(np.ptp(poly, axis=0)))
     low, high = extent or (_MIN_SIZE, max(size / 2, _MIN_SIZE + 1))
     target = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    poly = poly * (target / span)
+    poly = poly * (target / unit_extent)
     poly = poly - poly.min(axis=0)
     span = poly.max(axis=0)
     offset = rng.uniform(1.0, np.maximum(size - 1.0 - span, 1.0))
@@ -295,7 +295,16 @@ class Canvas:
              attempts: int = 25) -> Optional[np.ndarray]:
         """Draw ``shape`` on top; return its polygon, or None if it found no
         place that keeps every earlier shape visible enough and contrasts
-        with what is under it."""
+        with what is under it.
+
+        Args:
+            shape: a shape name of ``_unit_polygon``.
+            rng: the image's generator.
+            min_visible: the fraction of *this* shape that must stay
+                visible under the shapes drawn after it (0: none).
+            extent: its size range in pixels (default: ``_place``'s).
+            attempts: placements to try.
+        """
         for _attempt in range(attempts):
             poly = _place(shape, self.size, rng, extent)
             alpha = _coverage(poly, self.size)
@@ -310,8 +319,8 @@ class Canvas:
                                       self.img[inside].mean(0))
             if contrast < _MIN_CONTRAST:
                 continue
-            self.img = self.img * (1 - alpha[..., None]) + fill * alpha[...,
-                                                                        None]
+            a = alpha[..., None]
+            self.img = self.img * (1 - a) + fill * a
             self.visible = [m & ~inside for m in self.visible] + [inside]
             self.full_px.append(int(inside.sum()))
             self.min_visible.append(min_visible)

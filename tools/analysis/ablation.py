@@ -39,13 +39,13 @@ from mmdet_ela.analysis.ablation import (GROUPS, VARIANTS, aggregate,
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SHAPES_CONFIG = osp.join(ROOT, 'configs', 'shapes',
                          'retinanet_ela-r18_ela-fpn_shapes.py')
-# The CPU preset of the synthetic configs: the demo's data (400 / 100 images
-# of 160 px), 12 epochs instead of 30, so that 6 variants x 3 seeds fit in
-# about 80 minutes on 2 cores (about 4.5 minutes a run). The hook's `begin`
-# scales with the epochs (6 -> 2); validating every 2 epochs lets it prune
-# after epoch 2.
-SHAPES_EPOCHS = 12
-SHAPES_VAL_INTERVAL = 2
+# The CPU preset of the synthetic configs (their data: `synthetic_data`, 400
+# / 100 images of 160 px): 12 epochs instead of 30, so that 6 variants x 3
+# seeds fit in about 80 minutes on 2 cores (about 4.5 minutes a run). The
+# hook's `begin` scales with the epochs (6 -> 2); validating every 2 epochs
+# lets it prune after epoch 2.
+SYNTHETIC_EPOCHS = 12
+SYNTHETIC_VAL_INTERVAL = 2
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -77,7 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help='train epochs; scheduler bounds and the hook\'s '
         f'begin scale along (default: the config\'s; '
-        f'{SHAPES_EPOCHS} for synthetic configs)')
+        f'{SYNTHETIC_EPOCHS} for synthetic configs)')
     p.add_argument(
         '--hook-options',
         nargs='+',
@@ -135,19 +135,20 @@ def set_data_root(cfg: Config, root: str) -> None:
             cfg[ev].ann_file = root + 'annotations/instances_val.json'
 
 
-def make_data_if_missing(cfg: Config) -> None:
-    """Make a synthetic config's dataset (its ``synthetic_data`` key: the
-    arguments of ``make_shapes_dataset``) when its annotations are missing.
+def make_synthetic_data(cfg: Config) -> None:
+    """Make a synthetic config's dataset from its ``synthetic_data`` key (the
+    arguments of ``make_shapes_dataset``, which does nothing when the data is
+    there with the same parameters).
 
     The key is removed from ``cfg``: it is the tool's, not the training's.
     """
     spec = cfg.pop('synthetic_data', None)
-    dataset = cfg.train_dataloader.dataset
-    ann = osp.join(dataset.get('data_root', ''), dataset.ann_file)
-    if spec is not None and not osp.isfile(ann):
+    if spec is not None:
         from mmdet_ela.datasets import make_shapes_dataset
         make_shapes_dataset(
-            dataset.data_root.rstrip('/'), progress=True, **spec)
+            cfg.train_dataloader.dataset.data_root.rstrip('/'),
+            progress=True,
+            **spec)
 
 
 def base_config(args: argparse.Namespace) -> Config:
@@ -155,23 +156,23 @@ def base_config(args: argparse.Namespace) -> Config:
 
     Synthetic configs (the shapes ones, with a ``synthetic_data`` key) get
     the CPU preset: their data under the repository's ``data/``, validation
-    every ``SHAPES_VAL_INTERVAL`` epochs and ``SHAPES_EPOCHS`` epochs unless
-    ``--epochs`` says otherwise.
+    every ``SYNTHETIC_VAL_INTERVAL`` epochs and ``SYNTHETIC_EPOCHS`` epochs
+    unless ``--epochs`` says otherwise.
     """
     cfg = Config.fromfile(args.config or SHAPES_CONFIG)
     preset = 'synthetic_data' in cfg
     if preset:
         root = cfg.train_dataloader.dataset.data_root
         set_data_root(cfg, osp.join(ROOT, root))
-        cfg.train_cfg.val_interval = SHAPES_VAL_INTERVAL
+        cfg.train_cfg.val_interval = SYNTHETIC_VAL_INTERVAL
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     epochs = args.epochs
     if epochs is None and preset:
-        epochs = SHAPES_EPOCHS
+        epochs = SYNTHETIC_EPOCHS
     if epochs is not None:
         scale_schedule(cfg, epochs)
-    make_data_if_missing(cfg)
+    make_synthetic_data(cfg)
     return cfg
 
 

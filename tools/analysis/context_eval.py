@@ -4,7 +4,10 @@
 Usage::
 
     # every finished run of an ablation grid on the context config
-    python tools/analysis/context_eval.py work_dirs/ablation/context_e12
+    python tools/analysis/ablation.py \\
+        configs/shapes/retinanet_ela-r18_ela-fpn_shapes-context.py \\
+        --variants plain ela ela+hook random --work-dir work_dirs/ablation/ctx
+    python tools/analysis/context_eval.py work_dirs/ablation/ctx
     # one checkpoint
     python tools/analysis/context_eval.py --config CONFIG --checkpoint CKPT
 
@@ -24,13 +27,16 @@ import json
 import os
 import os.path as osp
 import pickle
+import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
 from mmengine.config import Config
 
-from mmdet_ela.analysis.ablation.aggregate import mean_std
+from mmdet_ela.analysis.ablation.aggregate import aggregate, format_mean_std
 from mmdet_ela.analysis.context_eval import context_maps
+
+METRICS = ('mAP', 'shape_mAP', 'key_gap', 'key_accuracy', 'found')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -72,13 +78,14 @@ def find_runs(ablation_dir: str) -> List[Dict[str, str]]:
     pattern = osp.join(ablation_dir, 'runs', '*', 'seed*', 'result.json')
     for result in sorted(glob.glob(pattern)):
         run_dir = osp.dirname(result)
+        seed = re.fullmatch(r'seed(\d+)', osp.basename(run_dir))
         ckpt = last_checkpoint(run_dir)
-        if ckpt is None:
+        if seed is None or ckpt is None:
             continue
         runs.append(
             dict(
                 variant=osp.basename(osp.dirname(run_dir)),
-                seed=int(osp.basename(run_dir)[len('seed'):]),
+                seed=int(seed.group(1)),
                 config=osp.join(run_dir, 'config.py'),
                 checkpoint=ckpt))
     return runs
@@ -104,52 +111,28 @@ def evaluate_run(config: str, checkpoint: str, work_dir: str) -> dict:
     metrics = runner.test()
     with open(dump, 'rb') as f:
         detections = pickle.load(f)
-    ann_file = cfg.test_evaluator.ann_file
-    maps = context_maps(ann_file, detections)
-    maps['runner_mAP'] = metrics.get('coco/bbox_mAP')
+    maps = context_maps(cfg.test_evaluator.ann_file, detections,
+                        cfg.test_dataloader.dataset.metainfo.classes)
+    # the same detections, the same COCO evaluation: a check of the dump
+    if abs(maps['mAP'] - metrics['coco/bbox_mAP']) > 1e-3:
+        raise RuntimeError(f'{checkpoint}: mAP {maps["mAP"]:.4f} from the '
+                           'dumped detections differs from the runner\'s '
+                           f'{metrics["coco/bbox_mAP"]:.4f}')
     return maps
 
 
 def format_table(rows: List[dict]) -> str:
-    """Mean ± std over seeds per variant."""
-
-    def cell(stats: dict) -> str:
-        if stats['mean'] is None:
-            return '-'
-        if stats['std'] is None:
-            return f'{stats["mean"]:.3f}'
-        return f'{stats["mean"]:.3f} ± {stats["std"]:.3f}'
-
+    """Mean ± std over seeds per variant (rows of ``aggregate``)."""
     lines = [
-        '| variant | runs | mAP (shape and key) | shape mAP (keys merged) '
+        '| variant | seeds | mAP (shape and key) | shape mAP (keys merged) '
         '| key gap | key accuracy | objects found |',
         '|---|---|---|---|---|---|---|'
     ]
     for row in rows:
-        lines.append(f'| `{row["variant"]}` | {row["runs"]} | '
-                     f'{cell(row["mAP"])} | {cell(row["shape_mAP"])} | '
-                     f'{cell(row["key_gap"])} | '
-                     f'{cell(row["key_accuracy"])} | {cell(row["found"])} |')
+        cells = [f'`{row["variant"]}`', str(len(row['seeds']))]
+        cells += [format_mean_std(row[k]) for k in METRICS]
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
-
-
-def summarise(results: List[dict]) -> List[dict]:
-    """One row per variant, in first-seen order."""
-    rows: Dict[str, List[dict]] = {}
-    for r in results:
-        rows.setdefault(r['variant'], []).append(r)
-    out = []
-    for variant, runs in rows.items():
-        out.append(
-            dict(
-                variant=variant,
-                runs=len(runs),
-                **{
-                    k: mean_std([r[k] for r in runs])
-                    for k in ('mAP', 'shape_mAP', 'key_gap', 'key_accuracy',
-                              'found')
-                }))
-    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -178,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         work = osp.join(out_dir, run['variant'], f'seed{run["seed"]}')
         results.append(
             dict(run, **evaluate_run(run['config'], run['checkpoint'], work)))
-    rows = summarise(results)
+    rows = aggregate(results, metrics=METRICS)
     table = format_table(rows)
     with open(osp.join(out_dir, 'context_eval.json'), 'w') as f:
         json.dump(dict(runs=results, summary=rows), f, indent=2)

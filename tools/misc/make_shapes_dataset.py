@@ -19,13 +19,19 @@ except ImportError:  # running from a checkout without `pip install -e .`
                     osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
     from mmdet_ela.datasets import TASKS, make_shapes_dataset
 
+# where configs/shapes/ look for each task's data
+DEFAULT_DIRS = {'shapes': 'data/shapes', 'context': 'data/shapes_context'}
+
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
-        description='Make the synthetic shapes dataset')
+        description='Make a synthetic detection dataset')
     parser.add_argument(
-        '--out-dir', default='data/shapes', help='dataset root')
+        '--out-dir',
+        default=None,
+        help='dataset root (default: data/shapes, or data/shapes_context '
+        'for --task context: where the configs look)')
     parser.add_argument(
         '--num-train', type=int, default=400, help='training images')
     parser.add_argument(
@@ -47,8 +53,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Make the dataset and print where it is."""
     args = parse_args()
+    out_dir = args.out_dir or DEFAULT_DIRS[args.task]
     paths = make_shapes_dataset(
-        args.out_dir,
+        out_dir,
         num_train=args.num_train,
         num_val=args.num_val,
         img_size=args.img_size,

@@ -2,7 +2,10 @@
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ['mean_std', 'aggregate', 'format_table', 'format_choice_table']
+__all__ = [
+    'mean_std', 'format_mean_std', 'aggregate', 'format_table',
+    'format_choice_table'
+]
 
 METRICS = ('final_mAP', 'best_mAP', 'final_mAP_50', 'step_time',
            'step_time_after_prune', 'params', 'units_kept', 'units_pruned')
@@ -25,7 +28,8 @@ def mean_std(values: Sequence[Optional[float]]) -> Dict[str, Optional[float]]:
 
 
 def aggregate(results: Sequence[Dict[str, Any]],
-              baseline: str = 'plain') -> List[Dict[str, Any]]:
+              baseline: str = 'plain',
+              metrics: Sequence[str] = METRICS) -> List[Dict[str, Any]]:
     """One row per variant (in first-seen order): statistics over its seeds.
 
     Args:
@@ -33,6 +37,7 @@ def aggregate(results: Sequence[Dict[str, Any]],
             :data:`METRICS`).
         baseline (str): the variant whose mean step time is the unit of
             ``time_ratio``. Default: 'plain'.
+        metrics (list[str]): the keys to summarise. Default: :data:`METRICS`.
 
     Returns:
         list[dict]: ``variant``, ``seeds``, one :func:`mean_std` dict per
@@ -47,9 +52,11 @@ def aggregate(results: Sequence[Dict[str, Any]],
         runs = [r for r in results if r['variant'] == name]
         row: Dict[str, Any] = dict(
             variant=name, seeds=sorted(r['seed'] for r in runs))
-        for key in METRICS:
+        for key in metrics:
             row[key] = mean_std([r.get(key) for r in runs])
         rows.append(row)
+    if 'step_time' not in metrics:
+        return rows
     base = next((r for r in rows if r['variant'] == baseline), None)
     base_time = base['step_time']['mean'] if base else None
     for row in rows:
@@ -58,9 +65,10 @@ def aggregate(results: Sequence[Dict[str, Any]],
     return rows
 
 
-def _pm(stat: Dict[str, Optional[float]],
-        fmt: str = '.3f',
-        scale: float = 1.0) -> str:
+def format_mean_std(stat: Dict[str, Optional[float]],
+                    fmt: str = '.3f',
+                    scale: float = 1.0) -> str:
+    """``mean ± std`` of a :func:`mean_std` dict (``-`` without values)."""
     if stat['mean'] is None:
         return '-'
     text = format(stat['mean'] * scale, fmt)
@@ -91,15 +99,15 @@ def format_table(rows: Sequence[Dict[str, Any]],
         cells = [
             f'`{row["variant"]}`',
             str(len(row['seeds'])),
-            _pm(row['final_mAP']),
-            _pm(row['best_mAP']),
-            _pm(row['final_mAP_50']),
-            _pm(row['step_time'], '.1f', 1000),
+            format_mean_std(row['final_mAP']),
+            format_mean_std(row['best_mAP']),
+            format_mean_std(row['final_mAP_50']),
+            format_mean_std(row['step_time'], '.1f', 1000),
             '-' if ratio is None else f'{ratio:.2f}',
-            _pm(row['step_time_after_prune'], '.1f', 1000),
-            _pm(row['params'], ',.0f'),
-            _pm(row['units_kept'], '.1f'),
-            _pm(row['units_pruned'], '.1f')
+            format_mean_std(row['step_time_after_prune'], '.1f', 1000),
+            format_mean_std(row['params'], ',.0f'),
+            format_mean_std(row['units_kept'], '.1f'),
+            format_mean_std(row['units_pruned'], '.1f')
         ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     if docs:
@@ -134,8 +142,8 @@ def format_choice_table(summary: Dict[str, Any]) -> str:
         recs = [sel.get(n, dict(num_units=0, mean_score=None)) for n in names]
         cells = [
             f'`{label}`',
-            _pm(mean_std([r['num_units'] for r in recs]), '.1f'),
-            _pm(mean_std([r['mean_score'] for r in recs]), '.4g')
+            format_mean_std(mean_std([r['num_units'] for r in recs]), '.1f'),
+            format_mean_std(mean_std([r['mean_score'] for r in recs]), '.4g')
         ]
         for stage in stages:
             maps = summary['stages'][stage]
@@ -147,6 +155,9 @@ def format_choice_table(summary: Dict[str, Any]) -> str:
             span = ''
             if len(names) > 1 and None not in drops:
                 span = f' [{min(drops):+.3f}, {max(drops):+.3f}]'
-            cells += [_pm(mean_std(vals)), _pm(mean_std(drops), '+.3f') + span]
+            cells += [
+                format_mean_std(mean_std(vals)),
+                format_mean_std(mean_std(drops), '+.3f') + span
+            ]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'

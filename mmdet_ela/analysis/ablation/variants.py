@@ -58,13 +58,19 @@ class Variant:
             cfg_options=self.cfg_options)
 
 
+def unit_options(**options) -> Dict[str, Any]:
+    """``cfg_options`` that set the same arguments on the backbone and the
+    neck (e.g. ``attn_value_conv=False``)."""
+    return {
+        f'model.{part}.{key}': value
+        for part in ('backbone', 'neck')
+        for key, value in options.items()
+    }
+
+
 # The cheap unit (see LayerAttention), in the backbone and the neck.
-LITE_UNIT = {
-    f'model.{part}.{key}': value
-    for part in ('backbone', 'neck')
-    for key, value in (('attn_value_conv', False), ('attn_norm_cfg',
-                                                    dict(type='Affine')))
-}
+LITE_UNIT = unit_options(
+    attn_value_conv=False, attn_norm_cfg=dict(type='Affine'))
 
 
 def unit_optim_options(**options) -> Dict[str, Any]:
@@ -124,18 +130,12 @@ _TABLE = (
     Variant(
         'ela-drop-path', 'ela with stochastic depth on the attention branches '
         '(drop_path_rate=0.1, rising along the units)',
-        cfg_options={
-            f'model.{part}.drop_path_rate': 0.1
-            for part in ('backbone', 'neck')
-        }),
+        cfg_options=unit_options(drop_path_rate=0.1)),
     Variant(
         'ela-affine-norm',
         'ela with a per-channel affine output (no batch statistics) '
         'instead of BN; value conv kept',
-        cfg_options={
-            f'model.{part}.attn_norm_cfg': dict(type='Affine')
-            for part in ('backbone', 'neck')
-        }),
+        cfg_options=unit_options(attn_norm_cfg=dict(type='Affine'))),
     Variant(
         'ela-lite',
         'ela with the cheap unit: values are the block outputs (no value '
@@ -144,10 +144,7 @@ _TABLE = (
     Variant(
         'ela-no-value-conv',
         'ela with values = the block outputs (no value conv), BN kept',
-        cfg_options={
-            f'model.{part}.attn_value_conv': False
-            for part in ('backbone', 'neck')
-        }),
+        cfg_options=unit_options(attn_value_conv=False)),
     Variant(
         'ela-lite+hook',
         'ela-lite with ELAPruneHook defaults',
