@@ -8,7 +8,8 @@ import pytest
 from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
-from mmdet_ela.analysis.ablation import (VARIANTS, aggregate, format_table,
+from mmdet_ela.analysis.ablation import (VARIANTS, aggregate,
+                                         format_round_table, format_table,
                                          mean_std, resolve_variants,
                                          scale_schedule, top_select,
                                          variant_config)
@@ -166,6 +167,21 @@ def test_mean_std_and_aggregate():
     assert rows[1]['time_ratio'] == pytest.approx(1.0)
     table = format_table(rows)
     assert '| `ela` | 2 | 0.400 ± 0.141 |' in table
+
+
+def test_round_table_means_and_ranks():
+    """Per-round means over seeds, ranks per round; a round one seed lacks
+    is left out."""
+    runs = [
+        dict(variant='plain', seed=0, val_mAP=[[2, 0.1], [4, 0.3]]),
+        dict(variant='plain', seed=1, val_mAP=[[2, 0.3], [4, 0.5]]),
+        dict(variant='ela', seed=0, val_mAP=[[2, 0.3], [4, 0.2]]),
+        dict(variant='ela', seed=1, val_mAP=[[4, 0.2]]),
+    ]
+    lines = format_round_table(runs).splitlines()
+    assert lines[0] == '| variant | epoch 2 | epoch 4 |'
+    assert lines[2] == '| `plain` | 0.200 (1) | 0.400 (1) |'
+    assert lines[3] == '| `ela` | - | 0.200 (2) |'
 
 
 def test_step_time_skips_start_up():

@@ -32,8 +32,8 @@ from typing import List, Optional, Sequence
 from mmengine.config import Config, DictAction
 
 from mmdet_ela.analysis.ablation import (GROUPS, VARIANTS, aggregate,
-                                         format_table, plan_runs,
-                                         resolve_variants, run_grid,
+                                         format_round_table, format_table,
+                                         plan_runs, resolve_variants, run_grid,
                                          scale_schedule)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -208,6 +208,8 @@ def write_outputs(work_dir: str, args: argparse.Namespace, names: List[str],
         f.write('\nmean ± std over seeds (sample std); train step: median '
                 'of the logged per-iteration time of each run, first '
                 f'{args.skip_iters} iterations left out.\n')
+        f.write('\n## Mean bbox mAP at each validation round (rank)\n\n')
+        f.write(format_round_table(results))
         if outcome['failed']:
             f.write('\nFailed runs: ' +
                     ', '.join(label for label, _ in outcome['failed']) + '\n')

@@ -12,7 +12,8 @@ Used by ``tools/analysis/ablation.py`` and
 
 Not imported by ``import mmdet_ela`` (it needs matplotlib).
 """
-from .aggregate import aggregate, format_choice_table, format_table, mean_std
+from .aggregate import (aggregate, format_choice_table, format_round_table,
+                        format_table, mean_std)
 from .runner import RunSpec, plan_runs, run_grid
 from .selection import choose_selections, top_select
 from .variants import (GROUPS, VARIANTS, Variant, resolve_variants,
@@ -21,6 +22,6 @@ from .variants import (GROUPS, VARIANTS, Variant, resolve_variants,
 __all__ = [
     'VARIANTS', 'GROUPS', 'Variant', 'resolve_variants', 'scale_schedule',
     'variant_config', 'RunSpec', 'plan_runs', 'run_grid', 'mean_std',
-    'aggregate', 'format_table', 'format_choice_table', 'top_select',
-    'choose_selections'
+    'aggregate', 'format_table', 'format_round_table', 'format_choice_table',
+    'top_select', 'choose_selections'
 ]

@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = [
     'mean_std', 'format_mean_std', 'aggregate', 'format_table',
-    'format_choice_table'
+    'format_round_table', 'format_choice_table'
 ]
 
 METRICS = ('final_mAP', 'best_mAP', 'final_mAP_50', 'step_time',
@@ -116,6 +116,47 @@ def format_table(rows: Sequence[Dict[str, Any]],
             f'- `{row["variant"]}`: {docs[row["variant"]]}' for row in rows
             if row['variant'] in docs
         ]
+    return '\n'.join(lines) + '\n'
+
+
+def format_round_table(results: Sequence[Dict[str, Any]]) -> str:
+    """Mean mAP over seeds at every validation round, per variant, with the
+    variant's rank at that round (1 = highest): how the order of the variants
+    moves during training.
+
+    Args:
+        results (list[dict]): run results with ``val_mAP`` (``[[epoch, mAP],
+            ...]``); a round counts only where every seed of the variant has
+            it.
+    """
+    rows: Dict[str, Dict[int, List[float]]] = {}
+    for r in results:
+        per_round = rows.setdefault(r['variant'], {})
+        for step, value in r.get('val_mAP') or []:
+            per_round.setdefault(int(step), []).append(float(value))
+    seeds = {v: sum(1 for r in results if r['variant'] == v) for v in rows}
+    steps = sorted({s for per_round in rows.values() for s in per_round})
+    means = {
+        v: {
+            s: sum(vals) / len(vals)
+            for s, vals in per_round.items() if len(vals) == seeds[v]
+        }
+        for v, per_round in rows.items()
+    }
+    lines = [
+        '| variant | ' + ' | '.join(f'epoch {s}' for s in steps) + ' |',
+        '|' + '|'.join(['---'] * (len(steps) + 1)) + '|'
+    ]
+    for variant, by_step in means.items():
+        cells = [f'`{variant}`']
+        for s in steps:
+            if s not in by_step:
+                cells.append('-')
+                continue
+            rank = 1 + sum(
+                1 for m in means.values() if m.get(s, -1.0) > by_step[s])
+            cells.append(f'{by_step[s]:.3f} ({rank})')
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
