@@ -73,7 +73,8 @@ def last_checkpoint(run_dir: str) -> Optional[str]:
 
 def find_runs(ablation_dir: str) -> List[Dict[str, str]]:
     """``variant``, ``seed``, ``config``, ``checkpoint`` of every finished
-    run (one with a ``result.json``) in an ablation work dir."""
+    run (one with a ``result.json``) in an ablation work dir, in the grid's
+    variant order (its ``ablation.json``) where there is one."""
     runs = []
     pattern = osp.join(ablation_dir, 'runs', '*', 'seed*', 'result.json')
     for result in sorted(glob.glob(pattern)):
@@ -88,7 +89,14 @@ def find_runs(ablation_dir: str) -> List[Dict[str, str]]:
                 seed=int(seed.group(1)),
                 config=osp.join(run_dir, 'config.py'),
                 checkpoint=ckpt))
-    return runs
+    order: List[str] = []
+    summary = osp.join(ablation_dir, 'ablation.json')
+    if osp.isfile(summary):
+        with open(summary) as f:
+            order = json.load(f).get('variants', [])
+    rank = {v: k for k, v in enumerate(order)}
+    return sorted(
+        runs, key=lambda r: (rank.get(r['variant'], len(rank)), r['seed']))
 
 
 def evaluate_run(config: str, checkpoint: str, work_dir: str) -> dict:
