@@ -6,6 +6,7 @@ writes the PNG through the Agg canvas.
 """
 from typing import Any, Dict, Sequence
 
+import matplotlib
 from matplotlib.figure import Figure
 
 __all__ = ['plot_ablation', 'plot_pruning_choice']
@@ -27,11 +28,15 @@ def plot_ablation(rows: Sequence[Dict[str, Any]],
     """
     fig = Figure(figsize=(6.4, 4.6), layout='constrained')
     ax = fig.add_subplot()
+    # matplotlib's default cycle repeats after 10: tab20 for larger grids
+    palette = [f'C{k}' for k in range(10)] if len(rows) <= 10 else [
+        matplotlib.colormaps['tab20'](k % 20) for k in range(len(rows))
+    ]
     for k, row in enumerate(rows):
         t, m = row['step_time'], row[metric]
         if t['mean'] is None or m['mean'] is None:
             continue
-        color = f'C{k % 10}'
+        color = palette[k % len(palette)]
         ax.errorbar(
             t['mean'] * 1000,
             m['mean'],
