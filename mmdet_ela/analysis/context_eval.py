@@ -87,18 +87,15 @@ def merge_keys(gt: dict, detections: List[dict]) -> Tuple[dict, List[dict]]:
     Returns:
         tuple: ``(gt, detections)``, new objects.
     """
-    merged = _shape_id
     gt = copy.deepcopy(gt)
-    names = {c['id']: c['name'].split('-')[0] for c in gt['categories']}
     gt['categories'] = [
-        dict(id=i, name=names[i], supercategory='shape')
-        for i in range(1,
-                       len(SHAPES) + 1)
+        dict(id=i, name=name, supercategory='shape')
+        for i, name in enumerate(SHAPES, 1)
     ]
     for ann in gt['annotations']:
-        ann['category_id'] = merged(ann['category_id'])
+        ann['category_id'] = _shape_id(ann['category_id'])
     detections = [
-        dict(d, category_id=merged(d['category_id'])) for d in detections
+        dict(d, category_id=_shape_id(d['category_id'])) for d in detections
     ]
     return gt, _nms(detections)
 
