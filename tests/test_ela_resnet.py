@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
+from mmengine.runner import load_checkpoint
 
 import mmdet_ela  # noqa: F401
 from mmdet_ela.models import ELAResNet
@@ -218,6 +219,48 @@ def test_syncbn_builds():
     norm = model.layer1.attn.units['0'].norm
     assert isinstance(norm, nn.SyncBatchNorm)
     assert norm.weight.requires_grad
+
+
+def _randomize_unit_norms(model: nn.Module) -> None:
+    """Trained-looking output norms: weights, biases and BN statistics."""
+    for m in model.modules():
+        if isinstance(m, LayerAttention):
+            norm = m.norm
+            norm.weight.data.uniform_(-0.5, 0.5)
+            norm.bias.data.uniform_(-0.2, 0.2)
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.running_mean.uniform_(-0.3, 0.3)
+                norm.running_var.uniform_(0.2, 2.0)
+
+
+def test_bn_unit_checkpoint_folds_into_affine_unit(tmp_path):
+    """A checkpoint of the BN unit loads, through mmengine, into the affine
+    unit and gives the same outputs in evaluation."""
+    torch.manual_seed(0)
+    old = _build(depth=18, frozen_stages=1)
+    _randomize_unit_norms(old)
+    path = tmp_path / 'bn_unit.pth'
+    torch.save(dict(state_dict=old.state_dict(), meta=dict()), path)
+    new = _build(depth=18, frozen_stages=1, attn_norm_cfg=dict(type='Affine'))
+    with pytest.warns(UserWarning, match='folded'):
+        load_checkpoint(new, str(path), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(old.eval()(x), new.eval()(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert new.layer3.attn.units['1'].norm.weight.abs().sum() > 0
+
+
+def test_affine_checkpoint_into_bn_unit_is_refused():
+    """Loading it would leave every unit untrained (missing keys) with a
+    non-strict load: refused, naming attn_norm_cfg."""
+    affine = _build(depth=18, attn_norm_cfg=dict(type='Affine'))
+    _randomize_unit_norms(affine)
+    bn = _build(depth=18)
+    with pytest.raises(ValueError, match="attn_norm_cfg.*'Affine'") as err:
+        bn.load_state_dict(affine.state_dict(), strict=False)
+    assert "'affine'" in str(err.value) and 'layer1.attn.units.0' in str(
+        err.value)
 
 
 def test_pretrained_init_cfg_loads_resnet_checkpoint(tmp_path):

@@ -7,6 +7,7 @@ retrieves a softmax mixture of every value in the memory (its own included).
 See ``docs/method.md``.
 """
 import math
+import warnings
 from numbers import Real
 from typing import List, Optional
 
@@ -93,6 +94,11 @@ def check_value_conv(owner: str, value_conv) -> None:
             f'{owner}: attn_value_conv={value_conv!r} must be True or False')
 
 
+#: The eps of the batch norms that :meth:`LayerAttention._load_from_state_dict`
+#: folds into an affine (mmcv's and PyTorch's default).
+BN_EPS = 1e-5
+
+
 def attention_norm_cfg(norm_cfg: Optional[dict]) -> dict:
     """The default output norm: the same kind as ``norm_cfg``, trainable.
 
@@ -152,6 +158,11 @@ class LayerAttention(BaseModule):
     and a 1x1 map, e.g. P7 of a small image), batch statistics do not exist:
     the unit then normalises with the running statistics, so it runs wherever
     mmdet's ResNet and FPN run.
+
+    A checkpoint of the BN unit loads into the affine unit: each batch norm is
+    folded into the affine it computes in evaluation. Other mismatches of the
+    saved and the built output norm are a ``ValueError`` (see
+    :meth:`_load_from_state_dict`).
 
     Args:
         channels (int): C, the channels of the block output.
@@ -225,6 +236,60 @@ class LayerAttention(BaseModule):
         """Run the configured init, then zero the output norm (identity)."""
         super().init_weights()
         constant_init(self.norm, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self._convert_saved_norm(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _convert_saved_norm(self, state_dict: dict, prefix: str) -> None:
+        """Fit a saved output norm of another kind to this unit's.
+
+        A batch norm saved by the BN unit, loaded into the affine unit, is
+        folded into the affine it computes in evaluation: gamma = w /
+        sqrt(var + eps), beta = b - mean * gamma (eps = :data:`BN_EPS`). Test
+        and inference then give the BN unit's outputs; training goes on
+        without batch statistics. Any other mismatch (e.g. an affine
+        checkpoint into a BN unit) would leave the unit untrained, and is a
+        ``ValueError`` naming ``attn_norm_cfg``.
+        """
+        saved = {
+            k[len(prefix):].split('.', 1)[0]
+            for k in state_dict if k.startswith(prefix)
+        }
+        others = saved - {'query', 'key', 'value', self.norm_name}
+        if not others or self.norm_name in saved:
+            return
+        name = sorted(others)[0]
+        old = f'{prefix}{name}.'
+        if (isinstance(self.norm, ChannelAffine)
+                and f'{old}running_var' in state_dict):
+            weight = state_dict.pop(f'{old}weight')
+            bias = state_dict.pop(f'{old}bias')
+            mean = state_dict.pop(f'{old}running_mean')
+            var = state_dict.pop(f'{old}running_var')
+            state_dict.pop(f'{old}num_batches_tracked', None)
+            gamma = weight / torch.sqrt(var + BN_EPS)
+            state_dict[f'{prefix}{self.norm_name}.weight'] = gamma
+            state_dict[f'{prefix}{self.norm_name}.bias'] = bias - mean * gamma
+            warnings.warn(
+                'ELA: a checkpoint of the BN unit was loaded into the affine '
+                'unit: each output batch norm is folded into the affine it '
+                'computes in evaluation, so test and inference give the same '
+                'outputs. To train the BN unit further, build the model '
+                "with attn_norm_cfg=dict(type='BN') (the default).")
+            return
+        fields = sorted(k[len(old):] for k in state_dict if k.startswith(old))
+        raise ValueError(
+            f'{prefix.rstrip(".")}: the checkpoint has an output norm '
+            f'{name!r} ({fields}), this unit has {self.norm_name!r} '
+            f'({type(self.norm).__name__}): build the model with the '
+            'attn_norm_cfg it was trained with, e.g. '
+            "attn_norm_cfg=dict(type='BN') (the default) or "
+            "dict(type='Affine')")
 
     def forward(self, x: Tensor, memory: LayerAttentionMemory) -> Tensor:
         """Attend over ``memory`` plus this unit, then append this unit to it.
