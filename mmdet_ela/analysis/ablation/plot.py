@@ -29,14 +29,12 @@ def plot_ablation(rows: Sequence[Dict[str, Any]],
     fig = Figure(figsize=(6.4, 4.6), layout='constrained')
     ax = fig.add_subplot()
     # matplotlib's default cycle repeats after 10: tab20 for larger grids
-    palette = [f'C{k}' for k in range(10)] if len(rows) <= 10 else [
-        matplotlib.colormaps['tab20'](k % 20) for k in range(len(rows))
-    ]
+    tab20 = matplotlib.colormaps['tab20'] if len(rows) > 10 else None
     for k, row in enumerate(rows):
         t, m = row['step_time'], row[metric]
         if t['mean'] is None or m['mean'] is None:
             continue
-        color = palette[k % len(palette)]
+        color = f'C{k}' if tab20 is None else tab20(k % 20)
         ax.errorbar(
             t['mean'] * 1000,
             m['mean'],
