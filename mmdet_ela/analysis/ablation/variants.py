@@ -137,6 +137,13 @@ _TABLE = (
         'instead of BN; value conv kept',
         cfg_options=unit_options(attn_norm_cfg=dict(type='Affine'))),
     Variant(
+        'ela-affine-norm-attn-lr5',
+        'ela-affine-norm with 5x the learning rate on the attention units',
+        cfg_options={
+            **unit_options(attn_norm_cfg=dict(type='Affine')),
+            **unit_optim_options(lr_mult=5.0)
+        }),
+    Variant(
         'ela-lite',
         'ela with the cheap unit: values are the block outputs (no value '
         'conv), a per-channel affine instead of BN',
