@@ -63,6 +63,12 @@ def test_variant_models():
         assert part.attn_value_conv is False
         assert part.attn_norm_cfg['type'] == 'Affine'
     assert len(_stacks(lite)) == len(_stacks(ela))
+    # The unit's output norm is written into every ELA run's config, so a
+    # run of another default unit is never taken for this one.
+    assert ela.model.backbone.attn_norm_cfg == dict(type='Affine')
+    bn = variant_config(base, VARIANTS['ela-bn-norm'], seed=0)
+    for part in (bn.model.backbone, bn.model.neck):
+        assert part.attn_norm_cfg == dict(type='BN')
 
 
 def test_variant_from_plain_config_and_hook_overrides():

@@ -81,19 +81,32 @@ def test_ela_fpn_identity_without_init_weights_and_batch_one():
     with torch.no_grad():
         for a, b in zip(fpn(feats), ela(feats)):
             assert torch.equal(a, b)
-    # Training mode, batch 1, 1x1 top levels: FPN runs, so must ELAFPN.
+    # Training mode, batch 1, 1x1 top levels: FPN runs, so must ELAFPN,
+    # with the default affine output and with a batch norm (no statistics
+    # from one value per channel: the running ones are used).
     outs = ela.train()(feats)
     assert outs[-1].shape[-2:] == (1, 1)
+    bn = ELAFPN(dim_per_head=16, attn_norm_cfg=dict(type='BN'), **kwargs)
+    assert isinstance(bn.attn.units['3'].norm, torch.nn.BatchNorm2d)
+    torch.nn.init.normal_(bn.attn.units['3'].norm.weight)
+    outs = bn.train()(feats)
+    assert outs[-1].shape[-2:] == (1, 1) and outs[-1].isfinite().all()
 
 
-def test_ela_fpn_group_norm_default_and_ramp():
-    neck = ELAFPN(
+def test_ela_fpn_norms_and_drop_path_ramp():
+    kwargs = dict(
         in_channels=[32, 64],
         out_channels=32,
         num_outs=3,
         dim_per_head=16,
-        drop_path_rate=0.2,
         norm_cfg=dict(type='GN', num_groups=8))
+    # The FPN's own norm does not set the units' output norm.
+    neck = ELAFPN(**kwargs)
+    assert type(neck.attn.units['0'].norm).__name__ == 'ChannelAffine'
+    neck = ELAFPN(
+        drop_path_rate=0.2,
+        attn_norm_cfg=dict(type='GN', num_groups=8),
+        **kwargs)
     assert isinstance(neck.attn.units['0'].norm, torch.nn.GroupNorm)
     rates = [
         getattr(u.drop_path, 'drop_prob', 0.0)

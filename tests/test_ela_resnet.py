@@ -11,6 +11,7 @@ from mmengine.runner import load_checkpoint
 import mmdet_ela  # noqa: F401
 from mmdet_ela.models import ELAResNet
 from mmdet_ela.models.layers import LayerAttention
+from mmdet_ela.models.layers.layer_attention import ChannelAffine
 from mmdet_ela.pruning import attention_stacks, record_attention
 
 EXPANSION = {18: 1, 34: 1, 50: 4, 101: 4, 152: 4}
@@ -128,7 +129,8 @@ def test_old_checkpoint_with_frozen_stage_units_loads():
 
 
 def test_norm_eval_keeps_attention_norms_training():
-    model = _build(depth=18, norm_eval=True).train()
+    model = _build(
+        depth=18, norm_eval=True, attn_norm_cfg=dict(type='BN')).train()
     assert not model.layer3[0].norm1.training
     assert model.layer3.attn.units['0'].norm.training
 
@@ -215,7 +217,12 @@ def test_options_build_and_run():
 
 
 def test_syncbn_builds():
-    model = _build(depth=18, norm_cfg=dict(type='SyncBN', requires_grad=True))
+    syncbn = dict(type='SyncBN', requires_grad=True)
+    model = _build(depth=18, norm_cfg=syncbn)
+    assert isinstance(model.layer1[0].bn1, nn.SyncBatchNorm)
+    # The default output of the units has no statistics to synchronise.
+    assert isinstance(model.layer1.attn.units['0'].norm, ChannelAffine)
+    model = _build(depth=18, norm_cfg=syncbn, attn_norm_cfg=syncbn)
     norm = model.layer1.attn.units['0'].norm
     assert isinstance(norm, nn.SyncBatchNorm)
     assert norm.weight.requires_grad
@@ -237,11 +244,11 @@ def test_bn_unit_checkpoint_folds_into_affine_unit(tmp_path):
     """A checkpoint of the BN unit loads, through mmengine, into the affine
     unit and gives the same outputs in evaluation."""
     torch.manual_seed(0)
-    old = _build(depth=18, frozen_stages=1)
+    old = _build(depth=18, frozen_stages=1, attn_norm_cfg=dict(type='BN'))
     _randomize_unit_norms(old)
     path = tmp_path / 'bn_unit.pth'
     torch.save(dict(state_dict=old.state_dict(), meta=dict()), path)
-    new = _build(depth=18, frozen_stages=1, attn_norm_cfg=dict(type='Affine'))
+    new = _build(depth=18, frozen_stages=1)  # the default affine unit
     with pytest.warns(UserWarning, match='folded'):
         load_checkpoint(new, str(path), strict=True)
     x = torch.rand(2, 3, 64, 64)
@@ -254,9 +261,9 @@ def test_bn_unit_checkpoint_folds_into_affine_unit(tmp_path):
 def test_affine_checkpoint_into_bn_unit_is_refused():
     """Loading it would leave every unit untrained (missing keys) with a
     non-strict load: refused, naming attn_norm_cfg."""
-    affine = _build(depth=18, attn_norm_cfg=dict(type='Affine'))
+    affine = _build(depth=18)
     _randomize_unit_norms(affine)
-    bn = _build(depth=18)
+    bn = _build(depth=18, attn_norm_cfg=dict(type='BN'))
     with pytest.raises(ValueError, match="attn_norm_cfg.*'Affine'") as err:
         bn.load_state_dict(affine.state_dict(), strict=False)
     assert "'affine'" in str(err.value) and 'layer1.attn.units.0' in str(
@@ -298,9 +305,10 @@ def test_bad_arguments(kwargs, key, allowed):
 
 
 def test_group_norm_builds_and_runs():
-    """mmdet's ResNet test case: ResNet-50 with GroupNorm."""
-    model = ELAResNet(
-        50, norm_cfg=dict(type='GN', num_groups=32, requires_grad=True))
+    """mmdet's ResNet test case: ResNet-50 with GroupNorm (GN on the units'
+    outputs too)."""
+    gn = dict(type='GN', num_groups=32, requires_grad=True)
+    model = ELAResNet(50, norm_cfg=gn, attn_norm_cfg=gn)
     norms = [
         m for m in model.modules()
         if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))

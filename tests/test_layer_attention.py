@@ -12,7 +12,7 @@ from mmdet_ela.models.layers.ops import (AffineMix, DepthwiseConvSplitBackward,
                                          mix_values)
 from mmdet_ela.pruning import attention_stacks
 
-LITE = dict(norm_cfg=dict(type='Affine'), value_conv=False)
+LITE = dict(value_conv=False)  # the default affine output
 
 
 def _double(*shape):
@@ -76,11 +76,14 @@ def _reference_unit(unit, xs):
     return outs
 
 
+@pytest.mark.parametrize('norm', ['Affine', 'BN'])
 @pytest.mark.parametrize('value_conv', [True, False])
-def test_affine_unit_matches_plain_maths_and_gradients(value_conv):
+def test_unit_matches_plain_maths_and_gradients(norm, value_conv):
+    """The default affine output (one fused sum) and the BN output of
+    mmdet-ela 0.1 (WeightedSumOverMemory), with and without value conv."""
     torch.manual_seed(0)
     unit = LayerAttention(
-        8, dim_per_head=4, norm_cfg=dict(type='Affine'),
+        8, dim_per_head=4, norm_cfg=dict(type=norm),
         value_conv=value_conv).double()
     torch.nn.init.normal_(unit.norm.weight)
     torch.nn.init.normal_(unit.norm.bias)

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mmengine.config import Config
 
+from ...models.layers import DEFAULT_NORM_CFG
 from ..variants import PLAIN_TYPES, plain_model_cfg
 
 __all__ = [
@@ -68,9 +69,11 @@ def unit_options(**options) -> Dict[str, Any]:
     }
 
 
-# The cheap unit (see LayerAttention), in the backbone and the neck.
-LITE_UNIT = unit_options(
-    attn_value_conv=False, attn_norm_cfg=dict(type='Affine'))
+# The cheap unit (see LayerAttention), in the backbone and the neck: values
+# are the block outputs (the default affine output norm).
+LITE_UNIT = unit_options(attn_value_conv=False)
+# The unit of mmdet-ela 0.1: a batch norm on the output.
+BN_UNIT = unit_options(attn_norm_cfg=dict(type='BN'))
 
 
 def unit_optim_options(**options) -> Dict[str, Any]:
@@ -132,26 +135,22 @@ _TABLE = (
         '(drop_path_rate=0.1, rising along the units)',
         cfg_options=unit_options(drop_path_rate=0.1)),
     Variant(
-        'ela-affine-norm',
-        'ela with a per-channel affine output (no batch statistics) '
-        'instead of BN; value conv kept',
-        cfg_options=unit_options(attn_norm_cfg=dict(type='Affine'))),
+        'ela-bn-norm',
+        'ela with the output norm of mmdet-ela 0.1: BN instead of the '
+        'per-channel affine',
+        cfg_options=BN_UNIT),
     Variant(
-        'ela-affine-norm-attn-lr5',
-        'ela-affine-norm with 5x the learning rate on the attention units',
+        'ela-bn-norm-attn-lr5',
+        'ela-bn-norm with 5x the learning rate on the attention units',
         cfg_options={
-            **unit_options(attn_norm_cfg=dict(type='Affine')),
+            **BN_UNIT,
             **unit_optim_options(lr_mult=5.0)
         }),
     Variant(
         'ela-lite',
         'ela with the cheap unit: values are the block outputs (no value '
-        'conv), a per-channel affine instead of BN',
+        'conv)',
         cfg_options=LITE_UNIT),
-    Variant(
-        'ela-no-value-conv',
-        'ela with values = the block outputs (no value conv), BN kept',
-        cfg_options=unit_options(attn_value_conv=False)),
     Variant(
         'ela-lite+hook',
         'ela-lite with ELAPruneHook defaults',
@@ -171,9 +170,9 @@ GROUPS: Dict[str, List[str]] = dict(
     ],
     why=[
         'ela', 'ela-no-attn-decay', 'ela-attn-lr5', 'ela-drop-path',
-        'ela-affine-norm'
+        'ela-bn-norm'
     ],
-    lite=['ela', 'ela-lite', 'ela-no-value-conv', 'ela+hook', 'ela-lite+hook'],
+    lite=['ela', 'ela-lite', 'ela-bn-norm', 'ela+hook', 'ela-lite+hook'],
     all=list(VARIANTS))
 
 
@@ -239,6 +238,9 @@ def _model_for(model_cfg: Mapping, variant: Variant) -> dict:
             raise ValueError(f'variant {variant.name!r}: {key}={choice!r} '
                              "must be 'ela' or 'plain'")
         model[key] = (ela if choice == 'ela' else plain).get(key)
+        if choice == 'ela' and isinstance(model[key], dict):
+            # Explicit, so a run of another default unit is never reused.
+            model[key].setdefault('attn_norm_cfg', dict(DEFAULT_NORM_CFG))
     for key, types in (('backbone', ('ResNet', 'ELAResNet')),
                        ('neck', ('FPN', 'ELAFPN'))):
         if getattr(variant, key) == 'ela' and isinstance(model.get(key), dict):

@@ -8,8 +8,8 @@ from mmengine.model import BaseModule
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import (LayerAttentionMemory, LayerAttentionStack,
-                      attention_norm_cfg, check_drop_path_rate,
+from ..layers import (DEFAULT_NORM_CFG, LayerAttentionMemory,
+                      LayerAttentionStack, check_compile, check_drop_path_rate,
                       check_value_conv)
 from ..layers.attention_stack import guard_mask_loading
 
@@ -90,14 +90,17 @@ class ELAResNet(ResNet):
             trainable. A unit in a frozen stage is a ``ValueError``.
         drop_path_rate (float): stochastic depth on the attention branches,
             rising linearly from 0 to this value over all units. Default: 0.
-        attn_norm_cfg (dict, optional): norm of the attention outputs.
-            Default: ``norm_cfg`` with ``requires_grad=True`` (SyncBN stays
-            SyncBN, GN keeps its groups). These norms are new layers without
-            pretrained statistics: ``norm_eval`` leaves them in training mode.
-            ``dict(type='Affine')``: a per-channel affine without statistics
-            (the cheap unit, with ``attn_value_conv=False``).
+        attn_norm_cfg (dict): norm of the attention outputs. Default:
+            ``dict(type='Affine')``, a per-channel affine without batch
+            statistics (nothing to synchronise across GPUs). mmdet-ela 0.1
+            used ``dict(type='BN')``; BN, SyncBN and GN still build. These
+            norms are new layers without pretrained statistics: ``norm_eval``
+            leaves them in training mode.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the block outputs themselves as values. Default: True.
+        attn_compile (bool): run the units' attention and affine output
+            through ``torch.compile`` (the first steps compile; pruning
+            compiles again). Affine output only. Default: False.
         **kwargs: the arguments of :class:`mmdet.models.ResNet`.
 
     Example:
@@ -112,13 +115,15 @@ class ELAResNet(ResNet):
                  dim_per_head: int = 32,
                  stage_with_attention: Optional[Sequence[bool]] = None,
                  drop_path_rate: float = 0.0,
-                 attn_norm_cfg: Optional[dict] = None,
+                 attn_norm_cfg: dict = DEFAULT_NORM_CFG,
                  attn_value_conv: bool = True,
+                 attn_compile: bool = False,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
         frozen = kwargs.get('frozen_stages', -1)
         self._check_args(depth, num_stages, kwargs, drop_path_rate)
         check_value_conv('ELAResNet', attn_value_conv)
+        check_compile('ELAResNet', attn_compile, attn_norm_cfg)
         if stage_with_attention is None:
             stage_with_attention = [i >= frozen for i in range(num_stages)]
         stage_with_attention = self._check_stages(stage_with_attention,
@@ -130,8 +135,8 @@ class ELAResNet(ResNet):
         self.stage_with_attention = stage_with_attention
         self.drop_path_rate = drop_path_rate
         self.attn_value_conv = attn_value_conv
-        self.attn_norm_cfg = attn_norm_cfg or attention_norm_cfg(
-            kwargs.get('norm_cfg', dict(type='BN')))
+        self.attn_compile = attn_compile
+        self.attn_norm_cfg = attn_norm_cfg
         blocks = self.arch_settings[depth][1][:num_stages]
         num_units = sum(n for n, a in zip(blocks, stage_with_attention) if a)
         self._drop_path_rates = iter([
@@ -157,7 +162,8 @@ class ELAResNet(ResNet):
                 norm_cfg=self.attn_norm_cfg,
                 drop_path_rates=[next(self._drop_path_rates) for _ in blocks],
                 value_conv=self.attn_value_conv,
-                with_cp=kwargs.get('with_cp', False))
+                with_cp=kwargs.get('with_cp', False),
+                compiled=self.attn_compile)
         return ELAResLayer(blocks, attn)
 
     def _check_args(self, depth, num_stages, kwargs, drop_path_rate) -> None:

@@ -7,7 +7,8 @@ import torch.nn as nn
 from mmengine.model import BaseModule, ModuleDict
 from torch import Tensor
 
-from .layer_attention import LayerAttention, LayerAttentionMemory
+from .layer_attention import (DEFAULT_NORM_CFG, LayerAttention,
+                              LayerAttentionMemory)
 
 
 class LayerAttentionStack(BaseModule):
@@ -30,15 +31,18 @@ class LayerAttentionStack(BaseModule):
         drop_path_rates (Sequence[float]): per-unit stochastic depth.
         value_conv (bool): each unit's value convolution (False: V = X).
         with_cp (bool): gradient checkpointing of the units.
+        compiled (bool): the units' attention and output through
+            ``torch.compile`` (affine output only).
     """
 
     def __init__(self,
                  channels: Sequence[int],
                  dim_per_head: int = 32,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rates: Optional[Sequence[float]] = None,
                  value_conv: bool = True,
                  with_cp: bool = False,
+                 compiled: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         num_units = len(channels)
@@ -52,7 +56,8 @@ class LayerAttentionStack(BaseModule):
                 norm_cfg=norm_cfg,
                 drop_path_rate=rate,
                 value_conv=value_conv,
-                with_cp=with_cp)
+                with_cp=with_cp,
+                compiled=compiled)
             for i, (c, rate) in enumerate(zip(channels, drop_path_rates))
         })
         self.register_buffer(

@@ -21,6 +21,7 @@ from mmengine.model import BaseModule, constant_init
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, WeightedSumOverMemory,
                   affine_mix, mix_values)
 
@@ -87,6 +88,20 @@ def check_drop_path_rate(owner: str, rate) -> None:
                          'in [0, 1)')
 
 
+def check_compile(owner: str, compiled, norm_cfg) -> None:
+    """A ``ValueError`` naming ``owner`` unless ``compiled`` is a bool, and
+    True only with the affine output."""
+    if not isinstance(compiled, bool):
+        raise ValueError(
+            f'{owner}: attn_compile={compiled!r} must be True or False')
+    if compiled and (not isinstance(norm_cfg, dict)
+                     or norm_cfg.get('type') != 'Affine'):
+        raise ValueError(
+            f'{owner}: attn_compile=True compiles the affine output only, '
+            f"but attn_norm_cfg={norm_cfg!r}; use dict(type='Affine') (the "
+            'default) or attn_compile=False')
+
+
 def check_value_conv(owner: str, value_conv) -> None:
     """A ``ValueError`` naming ``owner`` unless ``value_conv`` is a bool."""
     if not isinstance(value_conv, bool):
@@ -98,16 +113,10 @@ def check_value_conv(owner: str, value_conv) -> None:
 #: folds into an affine (mmcv's and PyTorch's default).
 BN_EPS = 1e-5
 
-
-def attention_norm_cfg(norm_cfg: Optional[dict]) -> dict:
-    """The default output norm: the same kind as ``norm_cfg``, trainable.
-
-    A copy of ``norm_cfg`` (so SyncBN stays SyncBN and GN keeps its
-    ``num_groups``) with ``requires_grad=True``; BN when ``norm_cfg`` is None.
-    """
-    cfg = dict(type='BN') if norm_cfg is None else dict(norm_cfg)
-    cfg['requires_grad'] = True
-    return cfg
+#: The default output norm of a unit: a per-channel affine without batch
+#: statistics (the BN of mmdet-ela 0.1 is ``dict(type='BN')``; see
+#: ``docs/method.md`` for why the default changed).
+DEFAULT_NORM_CFG = dict(type='Affine')
 
 
 class LayerAttentionMemory:
@@ -142,39 +151,45 @@ def _needs_backward(*tensors: Tensor) -> bool:
 
 
 class LayerAttention(BaseModule):
-    """One layer-attention unit: Z = X + DropPath(BN(sum_s A[s] * V_s)).
+    """One layer-attention unit: Z = X + DropPath(norm(sum_s A[s] * V_s)).
 
     ``A = softmax_s(<q, k_s> / sqrt(d))`` per head, over the keys in the
     memory. The output norm starts with weight 0 and bias 0 (at construction
     and again in :meth:`init_weights`), so a fresh unit is the identity.
 
-    The cheap unit (``value_conv=False``, ``norm_cfg=dict(type='Affine')``)
-    stores the block outputs themselves as values (V_s = X_s) and replaces BN
-    by a per-channel affine (gamma, beta). Its output is then one weighted sum
+    The default output norm is a per-channel affine (gamma, beta) without
+    batch statistics, so the output is one weighted sum
     Z = X + beta + sum_s (gamma * A[s]) * V_s, computed in one pass per value
-    by :class:`AffineMix`; drop-path scales the per-sample weights.
+    by :class:`AffineMix`; drop-path scales the per-sample weights. The unit
+    of mmdet-ela 0.1 normalised with BN (``norm_cfg=dict(type='BN')``, still
+    available, as are SyncBN and GN). The cheap unit (``value_conv=False``)
+    also stores the block outputs themselves as values (V_s = X_s).
 
     With a batch norm in training mode and a single value per channel (batch 1
     and a 1x1 map, e.g. P7 of a small image), batch statistics do not exist:
     the unit then normalises with the running statistics, so it runs wherever
     mmdet's ResNet and FPN run.
 
-    A checkpoint of the BN unit loads into the affine unit: each batch norm is
-    folded into the affine it computes in evaluation. Other mismatches of the
-    saved and the built output norm are a ``ValueError`` (see
+    A checkpoint of the BN unit (0.1) loads into the affine unit: each batch
+    norm is folded into the affine it computes in evaluation. Other
+    mismatches of the saved and the built output norm are a ``ValueError`` (see
     :meth:`_load_from_state_dict`).
 
     Args:
         channels (int): C, the channels of the block output.
         dim_per_head (int): d; C must be divisible by it. G = C // d heads.
             Default: 32.
-        norm_cfg (dict): config of the output norm (trainable).
-            Default: ``dict(type='BN', requires_grad=True)``.
+        norm_cfg (dict): config of the output norm (trainable), e.g.
+            ``dict(type='BN')``. Default: :data:`DEFAULT_NORM_CFG`, the
+            per-channel affine.
         drop_path_rate (float): stochastic depth on the attention branch.
             Default: 0.
         value_conv (bool): values V = dwconv3x3(X); False stores X itself.
             Default: True.
         with_cp (bool): recompute the unit in backward to save memory.
+            Default: False.
+        compiled (bool): run the attention and the affine output through
+            ``torch.compile`` (:mod:`.compiled`); the affine output only.
             Default: False.
         init_cfg (dict, optional): mmengine init config. Default: None.
 
@@ -191,13 +206,15 @@ class LayerAttention(BaseModule):
     def __init__(self,
                  channels: int,
                  dim_per_head: int = 32,
-                 norm_cfg: dict = dict(type='BN', requires_grad=True),
+                 norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rate: float = 0.0,
                  value_conv: bool = True,
                  with_cp: bool = False,
+                 compiled: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         check_value_conv('LayerAttention', value_conv)
+        check_compile('LayerAttention', compiled, norm_cfg)
         if (isinstance(dim_per_head, bool)
                 or not isinstance(dim_per_head, int) or dim_per_head <= 0
                 or channels % dim_per_head != 0):
@@ -208,6 +225,7 @@ class LayerAttention(BaseModule):
         self.dim_per_head = dim_per_head
         self.num_heads = channels // dim_per_head
         self.with_cp = with_cp
+        self.compiled = compiled
         k = eca_kernel_size(channels)
         self.query = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.key = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
@@ -280,7 +298,7 @@ class LayerAttention(BaseModule):
                 'unit: each output batch norm is folded into the affine it '
                 'computes in evaluation, so test and inference give the same '
                 'outputs. To train the BN unit further, build the model '
-                "with attn_norm_cfg=dict(type='BN') (the default).")
+                "with attn_norm_cfg=dict(type='BN').")
             return
         fields = sorted(k[len(old):] for k in state_dict if k.startswith(old))
         raise ValueError(
@@ -288,8 +306,8 @@ class LayerAttention(BaseModule):
             f'{name!r} ({fields}), this unit has {self.norm_name!r} '
             f'({type(self.norm).__name__}): build the model with the '
             'attn_norm_cfg it was trained with, e.g. '
-            "attn_norm_cfg=dict(type='BN') (the default) or "
-            "dict(type='Affine')")
+            "attn_norm_cfg=dict(type='BN') (mmdet-ela 0.1) or "
+            "dict(type='Affine') (the default)")
 
     def forward(self, x: Tensor, memory: LayerAttentionMemory) -> Tensor:
         """Attend over ``memory`` plus this unit, then append this unit to it.
@@ -336,6 +354,8 @@ class LayerAttention(BaseModule):
                 values: List[Tensor]) -> tuple:
         n, c, h, w = x.shape
         g, d = self.num_heads, self.dim_per_head
+        if self.compiled and not torch.jit.is_tracing():
+            return self._compiled_attend(x, keys, values)
         # GAP as sum / (H W): same values as mean, but its backward is a
         # broadcast view, not a materialised [N, C, H, W] tensor.
         y = (x.sum(dim=(2, 3)) / (h * w)).unsqueeze(1)  # [N, 1, C]
@@ -364,6 +384,31 @@ class LayerAttention(BaseModule):
         else:  # inference, and FLOP counting by tracing: plain ops
             out = mix_values(attn, values)  # [N, C, H, W]
         return x + self.drop_path(self._normalize(out)), key, value
+
+    def _compiled_attend(self, x: Tensor, keys: List[Tensor],
+                         values: List[Tensor]) -> tuple:
+        """:meth:`_attend` with the affine output through ``torch.compile``;
+        the value convolution stays eager."""
+        h, w = x.shape[-2:]
+        value = self._value(x)
+        values = [
+            v if v.shape[-2:] == (h, w) else F.interpolate(
+                v, size=(h, w), mode='nearest') for v in values
+        ]
+        rate = getattr(self.drop_path, 'drop_prob', 0.0)
+        scale = None
+        if self.training and rate > 0:
+            keep = 1.0 - rate
+            scale = (keep + torch.rand(
+                x.shape[0], 1, device=x.device)).floor_() / keep  # [N, 1]
+        z, key, attn = compiled_affine_attend(x, value, self.query.weight,
+                                              self.key.weight,
+                                              self.norm.weight, self.norm.bias,
+                                              scale, list(keys), values,
+                                              self.dim_per_head)
+        if self.recording:
+            self.attention = attn.detach()
+        return z, key, value
 
     def _affine_output(self, x: Tensor, attn: Tensor,
                        values: List[Tensor]) -> Tensor:

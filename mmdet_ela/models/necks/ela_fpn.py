@@ -1,12 +1,12 @@
 """ELA FPN: mmdet's FPN whose levels retrieve from the coarser levels."""
-from typing import Optional, Tuple
+from typing import Tuple
 
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ..layers import (LayerAttentionMemory, LayerAttentionStack,
-                      attention_norm_cfg, check_drop_path_rate,
+from ..layers import (DEFAULT_NORM_CFG, LayerAttentionMemory,
+                      LayerAttentionStack, check_compile, check_drop_path_rate,
                       check_value_conv)
 from ..layers.attention_stack import guard_mask_loading
 
@@ -24,20 +24,21 @@ class ELAFPN(FPN):
     FPN from construction on. Unit 0 belongs to the coarsest level; the units
     are scored and pruned by ``ELAPruneHook`` like the backbone's.
 
-    Defaults follow :class:`ELAResNet`: the attention norm is the kind of
-    ``norm_cfg`` (BN when FPN has no norm, its default) and the drop-path rate
-    rises linearly from 0 at the coarsest level to ``drop_path_rate`` at the
-    finest.
+    Defaults follow :class:`ELAResNet`: the attention output norm is a
+    per-channel affine, and the drop-path rate rises linearly from 0 at the
+    coarsest level to ``drop_path_rate`` at the finest.
 
     Args:
         dim_per_head (int): channels per attention head; must divide
             ``out_channels``. Default: 32.
-        attn_norm_cfg (dict, optional): norm of the attention outputs.
-            Default: ``norm_cfg`` with ``requires_grad=True``, or BN.
+        attn_norm_cfg (dict): norm of the attention outputs. Default:
+            ``dict(type='Affine')``; mmdet-ela 0.1 used ``dict(type='BN')``.
         drop_path_rate (float): stochastic depth on the attention branches,
             rising from 0 to this value along the levels. Default: 0.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the levels themselves as values. Default: True.
+        attn_compile (bool): the units' attention and affine output through
+            ``torch.compile``. Affine output only. Default: False.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
 
     Example:
@@ -51,9 +52,10 @@ class ELAFPN(FPN):
     def __init__(self,
                  *args,
                  dim_per_head: int = 32,
-                 attn_norm_cfg: Optional[dict] = None,
+                 attn_norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rate: float = 0.0,
                  attn_value_conv: bool = True,
+                 attn_compile: bool = False,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if (isinstance(dim_per_head, bool)
@@ -64,8 +66,7 @@ class ELAFPN(FPN):
                 f'integer dividing out_channels={self.out_channels}')
         check_drop_path_rate('ELAFPN', drop_path_rate)
         check_value_conv('ELAFPN', attn_value_conv)
-        if attn_norm_cfg is None:
-            attn_norm_cfg = attention_norm_cfg(kwargs.get('norm_cfg'))
+        check_compile('ELAFPN', attn_compile, attn_norm_cfg)
         last = max(self.num_outs - 1, 1)
         self.attn = LayerAttentionStack(
             [self.out_channels] * self.num_outs,
@@ -74,7 +75,8 @@ class ELAFPN(FPN):
             drop_path_rates=[
                 drop_path_rate * i / last for i in range(self.num_outs)
             ],
-            value_conv=attn_value_conv)
+            value_conv=attn_value_conv,
+            compiled=attn_compile)
         guard_mask_loading(self)  # all-or-nothing mask loading
 
     def forward(self, inputs: Tuple[Tensor]) -> tuple:

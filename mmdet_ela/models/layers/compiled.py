@@ -1,0 +1,81 @@
+"""The affine unit's attention and output as one ``torch.compile`` region.
+
+``attn_compile=True`` on :class:`ELAResNet` / :class:`ELAFPN` runs
+:func:`affine_attend` (GAP, query and key, the softmax over the memory, the
+weighted sum, the affine and the residual add) through ``torch.compile``, so
+the small ops fuse and the full-size passes of the sum merge into one kernel
+where the compiler can. The value convolution stays eager. The maths is that
+of :meth:`LayerAttention._attend` with the affine output.
+
+Each memory length and feature size is a graph of its own (dynamic shapes
+after the first change of size); pruning changes the memory lengths, and the
+next call compiles again. The first steps are slow: time after a warm-up.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Graphs allowed for :func:`affine_attend` (torch's default of 8 is fewer
+#: than the memory lengths x sizes x grad modes of one detector).
+RECOMPILE_LIMIT = 64
+
+
+def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
+                  key_weight: Tensor, gamma: Tensor, beta: Tensor,
+                  scale: Optional[Tensor], keys: List[Tensor],
+                  values: List[Tensor],
+                  dim_per_head: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Z = X + beta + sum_s (gamma * A[s]) * V_s, with its query and key.
+
+    Args:
+        x (Tensor): block output X, [N, C, H, W].
+        value (Tensor): this unit's value V, [N, C, H, W] (``x`` itself
+            without a value convolution).
+        query_weight, key_weight (Tensor): the 1-D convolutions, [1, 1, k].
+        gamma, beta (Tensor): the affine output, [C].
+        scale (Tensor, optional): drop-path scale per sample, [N, 1].
+        keys (list[Tensor]): the memory's keys, each [N, G, d].
+        values (list[Tensor]): the memory's values at [H, W], each
+            [N, C, H, W].
+        dim_per_head (int): d.
+
+    Returns:
+        tuple: Z [N, C, H, W], this unit's key [N, G, d] and the attention
+        A [N, G, S].
+    """
+    n, c, h, w = x.shape
+    d = dim_per_head
+    pad = query_weight.shape[-1] // 2
+    y = (x.sum(dim=(2, 3)) / (h * w)).unsqueeze(1)  # [N, 1, C]
+    query = F.conv1d(y, query_weight, padding=pad).view(n, c // d, d)
+    key = F.conv1d(y, key_weight, padding=pad).view(n, c // d, d)
+    all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
+    logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
+    attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]
+    coef = attn.repeat_interleave(d, dim=1) * gamma[:, None]  # [N, C, S]
+    bias = beta[None]  # [1, C]
+    if scale is not None:
+        coef = coef * scale[:, :, None]
+        bias = bias * scale
+    dtype = value.dtype
+    coef, bias = coef.to(dtype), bias.to(dtype)
+    out = x + bias[:, :, None, None] + value * coef[:, :, -1, None, None]
+    for s, v in enumerate(values):
+        out = out + v * coef[:, :, s, None, None]
+    return out, key, attn
+
+
+_COMPILED = None
+
+
+def compiled_affine_attend(*args) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`affine_attend` through ``torch.compile`` (built on first use,
+    shared by every unit)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(affine_attend)
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _COMPILED(*args)

@@ -1,0 +1,94 @@
+"""attn_compile: the affine unit through torch.compile against eager."""
+import pytest
+import torch
+
+import mmdet_ela  # noqa: F401
+from mmdet_ela.models import ELAFPN, ELAResNet
+from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
+
+
+def _pair(value_conv: bool, drop_path_rate: float = 0.0):
+    torch.manual_seed(0)
+    kwargs = dict(
+        channels=16,
+        dim_per_head=4,
+        value_conv=value_conv,
+        drop_path_rate=drop_path_rate)
+    eager = LayerAttention(**kwargs)
+    torch.nn.init.normal_(eager.norm.weight)
+    torch.nn.init.normal_(eager.norm.bias)
+    compiled = LayerAttention(compiled=True, **kwargs)
+    compiled.load_state_dict(eager.state_dict())
+    return eager, compiled
+
+
+def _run(unit, xs, seed=0):
+    torch.manual_seed(seed)
+    memory = LayerAttentionMemory()
+    return [unit(x, memory) for x in xs]
+
+
+@pytest.mark.parametrize('value_conv', [True, False])
+def test_compiled_unit_matches_eager_outputs_and_gradients(value_conv):
+    eager, compiled = _pair(value_conv, drop_path_rate=0.3)
+    sizes = [(6, 5), (6, 5), (3, 3)]  # a smaller last value: resized
+    xs = [torch.randn(4, 16, h, w, requires_grad=True) for h, w in sizes]
+    grads = [torch.randn(4, 16, h, w) for h, w in sizes]
+    for mode in (True, False):  # training (drop-path draws) and evaluation
+        eager.train(mode), compiled.train(mode)
+        outs = [_run(unit, xs) for unit in (eager, compiled)]
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        inputs = [list(eager.parameters()), list(compiled.parameters())]
+        got = [
+            torch.autograd.grad(out, xs + params, grads)
+            for out, params in zip(outs, inputs)
+        ]
+        for a, b in zip(*got):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    compiled.recording = eager.recording = True
+    for unit in (eager, compiled):
+        _run(unit, xs)
+    torch.testing.assert_close(compiled.attention, eager.attention)
+    assert compiled.attention.shape == (4, 4, 3)
+
+
+@pytest.mark.slow  # compiles about a dozen graphs: ~1-3 min on 2 cores
+def test_compiled_backbone_and_neck_train_and_prune():
+    torch.manual_seed(0)
+    backbone = ELAResNet(
+        depth=18,
+        base_channels=16,
+        dim_per_head=8,
+        stage_with_attention=(False, True, False, False),
+        attn_compile=True)
+    neck = ELAFPN([16, 32, 64, 128],
+                  32,
+                  num_outs=4,
+                  dim_per_head=16,
+                  attn_compile=True)
+    x = torch.rand(2, 3, 64, 64)
+    params = list(backbone.parameters()) + list(neck.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    for _ in range(2):
+        loss = sum(o.pow(2).mean() for o in neck(backbone(x)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert backbone.layer2.attn.units['1'].norm.weight.abs().sum() > 0
+    backbone.layer2.attn.prune([1])  # another memory length: compiles again
+    neck.attn.prune([2])
+    with torch.no_grad():
+        outs = neck(backbone.eval()(x))
+    assert [o.shape[-1] for o in outs] == [16, 8, 4, 2]
+
+
+@pytest.mark.parametrize('build', [
+    lambda **kw: ELAResNet(depth=18, **kw),
+    lambda **kw: ELAFPN([64, 128], 32, num_outs=2, **kw),
+])
+def test_compile_needs_the_affine_output(build):
+    with pytest.raises(ValueError, match="attn_compile=True.*'BN'"):
+        build(attn_compile=True, attn_norm_cfg=dict(type='BN'))
+    with pytest.raises(ValueError, match='attn_compile=1 must be True'):
+        build(attn_compile=1)
