@@ -58,14 +58,13 @@ def test_cuda_runner_prunes(tiny_shapes, tmp_path):
     assert get_masks(runner.model) == record['mask']
 
 
+@pytest.mark.parametrize('norm', ['Affine', 'BN'])
 @pytest.mark.parametrize('value_conv', [True, False])
-def test_cuda_affine_unit_gradients_and_autocast(value_conv):
+def test_cuda_unit_gradients_and_autocast(norm, value_conv):
     from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
     torch.manual_seed(0)
     unit = LayerAttention(
-        64,
-        dim_per_head=16,
-        norm_cfg=dict(type='Affine'),
+        64, dim_per_head=16, norm_cfg=dict(type=norm),
         value_conv=value_conv).cuda()
     torch.nn.init.normal_(unit.norm.weight)
     torch.nn.init.normal_(unit.norm.bias)
@@ -88,3 +87,36 @@ def test_cuda_affine_unit_gradients_and_autocast(value_conv):
     sum(o.float().mean() for o in outs).backward()
     assert all(x.grad is not None and x.grad.isfinite().all() for x in xs)
     assert unit.norm.weight.grad.isfinite().all()
+
+
+@pytest.mark.parametrize('value_conv', [True, False])
+def test_cuda_compiled_unit_matches_eager(value_conv):
+    """attn_compile on CUDA (Triton): outputs and gradients as eager, in
+    fp32 and under autocast."""
+    from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
+    torch.manual_seed(0)
+    kwargs = dict(channels=64, dim_per_head=16, value_conv=value_conv)
+    eager = LayerAttention(**kwargs).cuda()
+    torch.nn.init.normal_(eager.norm.weight)
+    torch.nn.init.normal_(eager.norm.bias)
+    compiled = LayerAttention(compiled=True, **kwargs).cuda()
+    compiled.load_state_dict(eager.state_dict())
+    xs = [
+        torch.randn(2, 64, 12, 10, device='cuda', requires_grad=True)
+        for _ in range(3)
+    ]
+
+    def run(unit):
+        memory = LayerAttentionMemory()
+        outs = [unit(x, memory) for x in xs]
+        grads = torch.autograd.grad(
+            sum(o.float().square().mean() for o in outs),
+            xs + list(unit.parameters()))
+        return outs + list(grads)
+
+    for a, b in zip(run(eager), run(compiled)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.autocast('cuda', dtype=torch.float16):
+        for a, b in zip(run(eager), run(compiled)):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)

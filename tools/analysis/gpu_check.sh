@@ -15,6 +15,8 @@
 #   bench_backbone_bn, bench_retinanet_bn
 #                     the same two with the unit of mmdet-ela 0.1 (a BN output,
 #                     attn_norm_cfg=dict(type='BN'))
+#   bench_backbone_compile, bench_retinanet_compile
+#                     the same two with attn_compile=True (torch.compile, Triton)
 #   bench_backbone_lite, bench_retinanet_lite
 #                     the same two with the cheap unit (attn_value_conv=False)
 #   shapes_data       a small synthetic shapes dataset                    data/shapes
@@ -38,7 +40,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -105,6 +107,13 @@ step bench_retinanet_bn 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 
   --batch-size 2 --device cuda --amp --variants plain dense pruned \
   --out "$OUT_DIR/bench_retinanet_r50_amp_bn.json" \
   --cfg-options model.backbone.attn_norm_cfg.type=BN
+step bench_backbone_compile 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
+  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_compile.json" \
+  --cfg-options attn_compile=True
+step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
+  --cfg-options model.backbone.attn_compile=True
 step bench_backbone_lite 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_lite.json" \
   --cfg-options attn_value_conv=False

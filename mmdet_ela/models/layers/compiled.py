@@ -62,10 +62,11 @@ def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
         bias = bias * scale
     dtype = value.dtype
     coef, bias = coef.to(dtype), bias.to(dtype)
-    out = x + bias[:, :, None, None] + value * coef[:, :, -1, None, None]
+    # In the values' dtype, as the eager unit (under autocast: half).
+    out = bias[:, :, None, None] + value * coef[:, :, -1, None, None]
     for s, v in enumerate(values):
         out = out + v * coef[:, :, s, None, None]
-    return out, key, attn
+    return out + x.to(dtype), key, attn
 
 
 _COMPILED = None
