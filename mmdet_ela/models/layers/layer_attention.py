@@ -143,6 +143,18 @@ class LayerAttentionMemory:
         return len(self.keys)
 
 
+def resize_values(values: List[Tensor], size: tuple) -> List[Tensor]:
+    """The memory's values at ``size`` (H, W), nearest; each [N, C, H, W].
+
+    Values of a pyramid's coarser levels are resized; the others are
+    returned as they are.
+    """
+    return [
+        v if v.shape[-2:] == size else F.interpolate(
+            v, size=size, mode='nearest') for v in values
+    ]
+
+
 def _needs_backward(*tensors: Tensor) -> bool:
     """Whether autograd will differentiate through ``tensors``: use the
     hand-written backward then; plain ops for inference and FLOP tracing."""
@@ -369,10 +381,7 @@ class LayerAttention(BaseModule):
         if self.recording:
             self.attention = attn.detach()
 
-        values = [
-            v if v.shape[-2:] == (h, w) else F.interpolate(
-                v, size=(h, w), mode='nearest') for v in values
-        ] + [value]
+        values = resize_values(values, (h, w)) + [value]
         if isinstance(self.norm, ChannelAffine):
             return self._affine_output(x, attn, values), key, value
         # Under autocast softmax runs in fp32: mix in the values' dtype so the
@@ -391,10 +400,7 @@ class LayerAttention(BaseModule):
         the value convolution stays eager."""
         h, w = x.shape[-2:]
         value = self._value(x)
-        values = [
-            v if v.shape[-2:] == (h, w) else F.interpolate(
-                v, size=(h, w), mode='nearest') for v in values
-        ]
+        values = resize_values(values, (h, w))
         rate = getattr(self.drop_path, 'drop_prob', 0.0)
         scale = None
         if self.training and rate > 0:
