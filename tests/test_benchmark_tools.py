@@ -2,6 +2,7 @@
 GPU check script), on tiny inputs and without timing assertions."""
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import os.path as osp
@@ -15,7 +16,8 @@ from mmengine.config import Config
 
 from mmdet_ela.analysis.settings import ebqm_defaults
 from mmdet_ela.analysis.timing import add_ratios, time_interleaved
-from mmdet_ela.analysis.variants import (build_model, drop_pretrained,
+from mmdet_ela.analysis.variants import (ELA_ONLY_ARGS, PLAIN_TYPES,
+                                         build_model, drop_pretrained,
                                          plain_model_cfg)
 from mmdet_ela.pruning import (apply_masks, attention_stacks, get_masks,
                                load_masks, make_record, write_record)
@@ -74,6 +76,21 @@ def test_plain_model_cfg_builds_plain_twin():
         k: v
         for k, v in ela.state_dict().items() if k in ela_keys
     })
+
+
+def test_ela_only_args_cover_every_ela_option():
+    """An option of ELAResNet / ELAFPN that their mmdet parent lacks must be
+    dropped from the plain twin's config, or the twin does not build."""
+    from mmdet.registry import MODELS
+    for ela_type, plain_type in PLAIN_TYPES.items():
+        ela = inspect.signature(MODELS.get(ela_type).__init__).parameters
+        plain = inspect.signature(MODELS.get(plain_type).__init__).parameters
+        named = {
+            k
+            for k, p in ela.items()
+            if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+        }
+        assert named - set(plain) - {'self'} <= set(ELA_ONLY_ARGS)
 
 
 def test_plain_model_cfg_on_coco_config():

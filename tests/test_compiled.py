@@ -7,12 +7,15 @@ from mmdet_ela.models import ELAFPN, ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
 
 
-def _pair(value_conv: bool, drop_path_rate: float = 0.0):
+def _pair(value_conv: bool,
+          drop_path_rate: float = 0.0,
+          value_stride: int = 1):
     torch.manual_seed(0)
     kwargs = dict(
         channels=16,
         dim_per_head=4,
         value_conv=value_conv,
+        value_stride=value_stride,
         drop_path_rate=drop_path_rate)
     eager = LayerAttention(**kwargs)
     torch.nn.init.normal_(eager.norm.weight)
@@ -28,9 +31,12 @@ def _run(unit, xs, seed=0):
     return [unit(x, memory) for x in xs]
 
 
-@pytest.mark.parametrize('value_conv', [True, False])
-def test_compiled_unit_matches_eager_outputs_and_gradients(value_conv):
-    eager, compiled = _pair(value_conv, drop_path_rate=0.3)
+@pytest.mark.parametrize('value_conv, value_stride', [(True, 1), (False, 1),
+                                                      (True, 2)])
+def test_compiled_unit_matches_eager_outputs_and_gradients(
+        value_conv, value_stride):
+    eager, compiled = _pair(
+        value_conv, drop_path_rate=0.3, value_stride=value_stride)
     sizes = [(6, 5), (6, 5), (3, 3)]  # a smaller last value: resized
     xs = [torch.randn(4, 16, h, w, requires_grad=True) for h, w in sizes]
     grads = [torch.randn(4, 16, h, w) for h, w in sizes]

@@ -1,4 +1,5 @@
-"""The unit's autograd functions and the cheap unit (value = X, affine)."""
+"""The unit's autograd functions, the cheap unit (value = X, affine) and the
+half-resolution unit (value stride)."""
 import math
 
 import pytest
@@ -63,31 +64,45 @@ def _reference_unit(unit, xs):
     """The unit's maths with plain ops, for a list of block outputs."""
     keys, values, outs = [], [], []
     g, d = unit.num_heads, unit.dim_per_head
+    s = unit.value_stride
     for x in xs:
         n = x.shape[0]
         y = x.mean(dim=(2, 3)).unsqueeze(1)
         q, k = unit.query(y).view(n, g, d), unit.key(y).view(n, g, d)
         keys.append(k)
-        values.append(x if unit.value is None else unit.value(x))
+        if unit.value is not None:  # stride s
+            values.append(unit.value(x))
+        elif s == 2 and min(x.shape[-2:]) > 1:
+            values.append(F.avg_pool2d(x, 2, 2, ceil_mode=True))
+        else:
+            values.append(x)
         attn = torch.einsum('ngd,ngsd->ngs', q, torch.stack(keys, 2))
         attn = (attn / math.sqrt(d)).softmax(-1).repeat_interleave(d, 1)
-        out = sum(attn[:, :, s, None, None] * v for s, v in enumerate(values))
-        outs.append(x + unit.norm(out))
+        out = sum(attn[:, :, i, None, None] * v for i, v in enumerate(values))
+        out = F.interpolate(unit.norm(out), size=x.shape[-2:], mode='nearest')
+        outs.append(x + out)
     return outs
 
 
 @pytest.mark.parametrize('norm', ['Affine', 'BN'])
 @pytest.mark.parametrize('value_conv', [True, False])
-def test_unit_matches_plain_maths_and_gradients(norm, value_conv):
+@pytest.mark.parametrize('value_stride, size', [(1, (3, 2)), (2, (3, 2)),
+                                                (2, (4, 6)), (2, (5, 1))])
+def test_unit_matches_plain_maths_and_gradients(norm, value_conv, value_stride,
+                                                size):
     """The default affine output (one fused sum) and the BN output of
-    mmdet-ela 0.1 (WeightedSumOverMemory), with and without value conv."""
+    mmdet-ela 0.1 (WeightedSumOverMemory), with and without value conv, at
+    full resolution and pooled (sizes the stride divides, and not)."""
     torch.manual_seed(0)
     unit = LayerAttention(
-        8, dim_per_head=4, norm_cfg=dict(type=norm),
-        value_conv=value_conv).double()
+        8,
+        dim_per_head=4,
+        norm_cfg=dict(type=norm),
+        value_conv=value_conv,
+        value_stride=value_stride).double()
     torch.nn.init.normal_(unit.norm.weight)
     torch.nn.init.normal_(unit.norm.bias)
-    xs = [_double(2, 8, 3, 2) for _ in range(3)]
+    xs = [_double(2, 8, *size) for _ in range(3)]
 
     def run(*inputs):
         memory = LayerAttentionMemory()
@@ -97,7 +112,7 @@ def test_unit_matches_plain_maths_and_gradients(norm, value_conv):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(run, tuple(xs))
     # Parameter gradients too (query, key, affine; value conv if any).
-    grads = [torch.randn(2, 8, 3, 2, dtype=torch.double) for _ in xs]
+    grads = [torch.randn(2, 8, *size, dtype=torch.double) for _ in xs]
     params = list(unit.parameters())
     fused = torch.autograd.grad(run(*xs), params, grads)
     plain = torch.autograd.grad(_reference_unit(unit, xs), params, grads)
@@ -170,6 +185,9 @@ def test_lite_backbone_and_neck_learn_prune_and_match_plain_at_init():
     (dict(norm_cfg=dict(type='Affine', eps=1e-5)), 'attn_norm_cfg'),
     (dict(norm_cfg=dict(type='Affine', requires_grad=False)), 'attn_norm_cfg'),
     (dict(value_conv='no'), 'attn_value_conv'),
+    (dict(value_stride=0), 'attn_value_stride'),
+    (dict(value_stride=True), 'attn_value_stride'),
+    (dict(value_stride=4), 'attn_value_stride'),
 ])
 def test_bad_lite_options(kwargs, key):
     with pytest.raises(ValueError, match=key):
@@ -177,7 +195,47 @@ def test_bad_lite_options(kwargs, key):
     with pytest.raises(ValueError, match=key):
         options = dict(
             attn_norm_cfg=kwargs.get('norm_cfg', dict(type='BN')),
-            attn_value_conv=kwargs.get('value_conv', True))
+            attn_value_conv=kwargs.get('value_conv', True),
+            attn_value_stride=kwargs.get('value_stride', 1))
         ELAFPN([64, 128], 32, num_outs=2, **options)
     with pytest.raises(ValueError, match=key):
         ELAResNet(depth=18, **options)
+
+
+def test_half_resolution_backbone_and_neck_match_plain_at_init_and_learn():
+    """attn_value_stride=2: identity at init, odd pyramid sizes, a 1x1
+    level (not pooled), training, pruning, and the memory at half size."""
+    torch.manual_seed(0)
+    backbone = ELAResNet(depth=18, attn_value_stride=2, norm_eval=False)
+    neck = ELAFPN([64, 128, 256, 512],
+                  32,
+                  num_outs=6,
+                  add_extra_convs='on_output',
+                  attn_value_stride=2)
+    plain = ELAResNet(depth=18, norm_eval=False)
+    plain.load_state_dict(backbone.state_dict())  # same keys
+    x = torch.rand(2, 3, 72, 40)  # stage 4: 3x2; levels down to 1x1
+    for a, b in zip(backbone(x), plain(x)):
+        torch.testing.assert_close(a, b)
+    unit = backbone.layer1.attn.units['0']
+    memory = LayerAttentionMemory()
+    unit(torch.rand(2, 64, 18, 10), memory)
+    assert memory.values[0].shape == (2, 64, 9, 5)
+    params = list(backbone.parameters()) + list(neck.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    for _ in range(3):
+        loss = sum(o.pow(2).mean() for o in neck(backbone(x)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for model in (backbone, neck):
+        for stack in attention_stacks(model).values():
+            for _, unit in stack.kept_units():
+                assert unit.norm.weight.abs().sum() > 0
+                grad = unit.value.weight.grad
+                assert grad.isfinite().all() and grad.abs().sum() > 0
+    backbone.layer2.attn.prune([1])
+    neck.attn.prune([2])
+    outs = neck(backbone(x))
+    assert [o.shape[-2:] for o in outs] == [(18, 10), (9, 5), (5, 3), (3, 2),
+                                            (2, 1), (1, 1)]

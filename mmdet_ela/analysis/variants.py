@@ -27,7 +27,8 @@ __all__ = [
 PLAIN_TYPES = {'ELAResNet': 'ResNet', 'ELAFPN': 'FPN'}
 #: Arguments that only the ELA modules take.
 ELA_ONLY_ARGS = ('dim_per_head', 'stage_with_attention', 'drop_path_rate',
-                 'attn_norm_cfg', 'attn_value_conv', 'attn_compile')
+                 'attn_norm_cfg', 'attn_value_conv', 'attn_value_stride',
+                 'attn_compile')
 
 
 def _to_dict(cfg: Any) -> Any:

@@ -15,6 +15,7 @@ import argparse
 from collections import Counter
 
 import torch
+from mmengine.config import DictAction
 from torch.profiler import ProfilerActivity, profile
 
 from mmdet_ela.analysis.bench_config import (BenchmarkSettings, build_variant,
@@ -57,6 +58,12 @@ def main() -> None:
     p.add_argument('--steps', type=int, default=3)
     p.add_argument('--top', type=int, default=12)
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    p.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='overrides of the ELA config (or of the backbone without one), '
+        'e.g. model.backbone.attn_value_stride=2')
     args = p.parse_args()
     s = BenchmarkSettings(
         config=args.config,
@@ -64,7 +71,8 @@ def main() -> None:
         depth=args.depth,
         img_size=(args.img_size, args.img_size),
         batch_size=args.batch_size,
-        device=args.device)
+        device=args.device,
+        cfg_options=args.cfg_options)
     setup = model_setup(s)
     base, extra = (
         op_times(

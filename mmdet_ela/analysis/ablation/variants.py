@@ -72,6 +72,9 @@ def unit_options(**options) -> Dict[str, Any]:
 # The cheap unit (see LayerAttention), in the backbone and the neck: values
 # are the block outputs (the default affine output norm).
 LITE_UNIT = unit_options(attn_value_conv=False)
+# Values, weighted sum and output at half the resolution (pooled), the
+# output upsampled.
+HALF_RES_UNIT = unit_options(attn_value_stride=2)
 # The unit of mmdet-ela 0.1: a batch norm on the output.
 BN_UNIT = unit_options(attn_norm_cfg=dict(type='BN'))
 
@@ -156,6 +159,16 @@ _TABLE = (
         'ela-lite with ELAPruneHook defaults',
         hook={},
         cfg_options=LITE_UNIT),
+    Variant(
+        'ela-value-stride2',
+        'ela with the units at half resolution: values pooled 2x2, the '
+        'output upsampled (attn_value_stride=2)',
+        cfg_options=HALF_RES_UNIT),
+    Variant(
+        'ela-value-stride2+hook',
+        'ela-value-stride2 with ELAPruneHook defaults',
+        hook={},
+        cfg_options=HALF_RES_UNIT),
 )
 VARIANTS: Dict[str, Variant] = {v.name: v for v in _TABLE}
 
@@ -173,6 +186,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela-bn-norm'
     ],
     lite=['ela', 'ela-lite', 'ela-bn-norm', 'ela+hook', 'ela-lite+hook'],
+    cost=['plain', 'ela', 'ela-value-stride2', 'ela-lite'],
     all=list(VARIANTS))
 
 

@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (DEFAULT_NORM_CFG, LayerAttentionMemory,
                       LayerAttentionStack, check_compile, check_drop_path_rate,
-                      check_value_conv)
+                      check_value_conv, check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -98,6 +98,10 @@ class ELAResNet(ResNet):
             leaves them in training mode.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the block outputs themselves as values. Default: True.
+        attn_value_stride (int): values, weighted sum and output norm of the
+            units at 1/s of the features' resolution (s x s average pooling,
+            the output upsampled, nearest): less time and memory. Default: 1
+            (full resolution).
         attn_compile (bool): run the units' attention and affine output
             through ``torch.compile`` (the first steps compile; pruning
             compiles again). Affine output only. Default: False.
@@ -117,12 +121,14 @@ class ELAResNet(ResNet):
                  drop_path_rate: float = 0.0,
                  attn_norm_cfg: dict = DEFAULT_NORM_CFG,
                  attn_value_conv: bool = True,
+                 attn_value_stride: int = 1,
                  attn_compile: bool = False,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
         frozen = kwargs.get('frozen_stages', -1)
         self._check_args(depth, num_stages, kwargs, drop_path_rate)
         check_value_conv('ELAResNet', attn_value_conv)
+        check_value_stride('ELAResNet', attn_value_stride)
         check_compile('ELAResNet', attn_compile, attn_norm_cfg)
         if stage_with_attention is None:
             stage_with_attention = [i >= frozen for i in range(num_stages)]
@@ -135,6 +141,7 @@ class ELAResNet(ResNet):
         self.stage_with_attention = stage_with_attention
         self.drop_path_rate = drop_path_rate
         self.attn_value_conv = attn_value_conv
+        self.attn_value_stride = attn_value_stride
         self.attn_compile = attn_compile
         self.attn_norm_cfg = attn_norm_cfg
         blocks = self.arch_settings[depth][1][:num_stages]
@@ -162,6 +169,7 @@ class ELAResNet(ResNet):
                 norm_cfg=self.attn_norm_cfg,
                 drop_path_rates=[next(self._drop_path_rates) for _ in blocks],
                 value_conv=self.attn_value_conv,
+                value_stride=self.attn_value_stride,
                 with_cp=kwargs.get('with_cp', False),
                 compiled=self.attn_compile)
         return ELAResLayer(blocks, attn)

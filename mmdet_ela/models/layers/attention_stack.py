@@ -30,6 +30,8 @@ class LayerAttentionStack(BaseModule):
         norm_cfg (dict): config of each unit's output norm.
         drop_path_rates (Sequence[float]): per-unit stochastic depth.
         value_conv (bool): each unit's value convolution (False: V = X).
+        value_stride (int): each unit's values at 1/value_stride of the
+            resolution (see :class:`LayerAttention`).
         with_cp (bool): gradient checkpointing of the units.
         compiled (bool): the units' attention and output through
             ``torch.compile`` (affine output only).
@@ -41,6 +43,7 @@ class LayerAttentionStack(BaseModule):
                  norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rates: Optional[Sequence[float]] = None,
                  value_conv: bool = True,
+                 value_stride: int = 1,
                  with_cp: bool = False,
                  compiled: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
@@ -56,6 +59,7 @@ class LayerAttentionStack(BaseModule):
                 norm_cfg=norm_cfg,
                 drop_path_rate=rate,
                 value_conv=value_conv,
+                value_stride=value_stride,
                 with_cp=with_cp,
                 compiled=compiled)
             for i, (c, rate) in enumerate(zip(channels, drop_path_rates))

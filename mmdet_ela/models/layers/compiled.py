@@ -32,14 +32,15 @@ def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
 
     Args:
         x (Tensor): block output X, [N, C, H, W].
-        value (Tensor): this unit's value V, [N, C, H, W] (``x`` itself
-            without a value convolution).
+        value (Tensor): this unit's value V, [N, C, h, w] (``x`` itself
+            without a value convolution; h = ceil(H / 2) with a value stride
+            of 2: the sum is upsampled, nearest, before the residual add).
         query_weight, key_weight (Tensor): the 1-D convolutions, [1, 1, k].
         gamma, beta (Tensor): the affine output, [C].
         scale (Tensor, optional): drop-path scale per sample, [N, 1].
         keys (list[Tensor]): the memory's keys, each [N, G, d].
-        values (list[Tensor]): the memory's values at [H, W], each
-            [N, C, H, W].
+        values (list[Tensor]): the memory's values at [h, w], each
+            [N, C, h, w].
         dim_per_head (int): d.
 
     Returns:
@@ -66,6 +67,8 @@ def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
     out = bias[:, :, None, None] + value * coef[:, :, -1, None, None]
     for s, v in enumerate(values):
         out = out + v * coef[:, :, s, None, None]
+    if out.shape[-2:] != x.shape[-2:]:  # values at a lower resolution
+        out = F.interpolate(out, size=(h, w), mode='nearest')
     return out + x.to(dtype), key, attn
 
 

@@ -109,6 +109,14 @@ def check_value_conv(owner: str, value_conv) -> None:
             f'{owner}: attn_value_conv={value_conv!r} must be True or False')
 
 
+def check_value_stride(owner: str, stride) -> None:
+    """A ``ValueError`` naming ``owner`` unless ``stride`` is 1 or 2."""
+    if isinstance(stride, bool) or stride not in (1, 2):
+        raise ValueError(
+            f'{owner}: attn_value_stride={stride!r} must be 1 (values at the '
+            'features\' resolution) or 2 (values at half of it)')
+
+
 #: The eps of the batch norms that :meth:`LayerAttention._load_from_state_dict`
 #: folds into an affine (mmcv's and PyTorch's default).
 BN_EPS = 1e-5
@@ -155,6 +163,34 @@ def resize_values(values: List[Tensor], size: tuple) -> List[Tensor]:
     ]
 
 
+def upsample_add(x: Tensor, low: Tensor) -> Tensor:
+    """``x`` plus ``low`` upsampled to its size by whole blocks (nearest).
+
+    Args:
+        x (Tensor): [N, C, H, W].
+        low (Tensor): [N, C, h, w] with h = ceil(H / s_h), w = ceil(W / s_w):
+            element (i, j) covers rows s_h i ... s_h i + s_h - 1 and columns
+            s_w j ... of ``x`` (clipped at the border), as
+            ``F.interpolate(low, (H, W), mode='nearest')`` places it.
+
+    Returns:
+        Tensor: [N, C, H, W]. ``low`` is repeated along W only (a tensor of
+        h x W) and broadcast over the rows of each block in the addition: one
+        pass over ``x``, and a vectorised gradient (``F.interpolate``'s is
+        several times slower on CPU).
+    """
+    n, c, h, w = x.shape
+    lh, lw = low.shape[-2:]
+    if (lh, lw) == (h, w):
+        return x + low
+    sh, sw = -(-h // lh), -(-w // lw)
+    rows = low.repeat_interleave(sw, dim=-1)[..., :w]  # [N, C, h, W]
+    if h % sh == 0:
+        blocks = x.reshape(n, c, lh, sh, w)
+        return (blocks + rows[:, :, :, None]).reshape(n, c, h, w)
+    return x + rows.repeat_interleave(sh, dim=-2)[..., :h, :]
+
+
 def _needs_backward(*tensors: Tensor) -> bool:
     """Whether autograd will differentiate through ``tensors``: use the
     hand-written backward then; plain ops for inference and FLOP tracing."""
@@ -177,6 +213,12 @@ class LayerAttention(BaseModule):
     available, as are SyncBN and GN). The cheap unit (``value_conv=False``)
     also stores the block outputs themselves as values (V_s = X_s).
 
+    With ``value_stride=2`` the values are at half the block's resolution:
+    the value convolution has stride 2 (without it, X is average-pooled 2 x
+    2), the weighted sum and the output norm run on those maps, and the
+    result is added to X upsampled (nearest). GAP, the query, the key and the
+    attention are those of ``value_stride=1``.
+
     With a batch norm in training mode and a single value per channel (batch 1
     and a 1x1 map, e.g. P7 of a small image), batch statistics do not exist:
     the unit then normalises with the running statistics, so it runs wherever
@@ -198,6 +240,9 @@ class LayerAttention(BaseModule):
             Default: 0.
         value_conv (bool): values V = dwconv3x3(X); False stores X itself.
             Default: True.
+        value_stride (int): 1, or 2 for values, weighted sum and output
+            norm at half the block's resolution (a stride-2 value
+            convolution), the output upsampled. Default: 1.
         with_cp (bool): recompute the unit in backward to save memory.
             Default: False.
         compiled (bool): run the attention and the affine output through
@@ -221,11 +266,13 @@ class LayerAttention(BaseModule):
                  norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rate: float = 0.0,
                  value_conv: bool = True,
+                 value_stride: int = 1,
                  with_cp: bool = False,
                  compiled: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         check_value_conv('LayerAttention', value_conv)
+        check_value_stride('LayerAttention', value_stride)
         check_compile('LayerAttention', compiled, norm_cfg)
         if (isinstance(dim_per_head, bool)
                 or not isinstance(dim_per_head, int) or dim_per_head <= 0
@@ -236,13 +283,19 @@ class LayerAttention(BaseModule):
         self.channels = channels
         self.dim_per_head = dim_per_head
         self.num_heads = channels // dim_per_head
+        self.value_stride = value_stride
         self.with_cp = with_cp
         self.compiled = compiled
         k = eca_kernel_size(channels)
         self.query = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.key = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.value = nn.Conv2d(
-            channels, channels, 3, padding=1, groups=channels,
+            channels,
+            channels,
+            3,
+            stride=value_stride,
+            padding=1,
+            groups=channels,
             bias=False) if value_conv else None
         self.norm_name, norm = build_attention_norm(norm_cfg, channels)
         self.add_module(self.norm_name, norm)
@@ -260,7 +313,8 @@ class LayerAttention(BaseModule):
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, num_heads={self.num_heads}, '
                 f'dim_per_head={self.dim_per_head}, '
-                f'value_conv={self.value is not None}')
+                f'value_conv={self.value is not None}, '
+                f'value_stride={self.value_stride}')
 
     def init_weights(self) -> None:
         """Run the configured init, then zero the output norm (identity)."""
@@ -346,14 +400,17 @@ class LayerAttention(BaseModule):
         return z
 
     def _value(self, x: Tensor) -> Tensor:
-        """v = dwconv3x3(x), or x itself without a value convolution; [N, C,
-        H, W].
+        """v = dwconv3x3(x) (stride ``value_stride``), or without a value
+        convolution x itself, 2 x 2 average-pooled (ceil mode) at stride 2;
+        [N, C, h, w] with h = ceil(H / stride).
 
         See :class:`DepthwiseConvSplitBackward`.
         """
         conv = self.value
         if conv is None:
-            return x
+            if self.value_stride == 1 or min(x.shape[-2:]) == 1:
+                return x  # a 1-pixel side: nothing to pool
+            return F.avg_pool2d(x, 2, 2, ceil_mode=True)
         if (x.device.type == 'cpu' and torch.is_grad_enabled()
                 and (x.requires_grad or conv.weight.requires_grad)
                 and not torch.jit.is_tracing()):
@@ -373,7 +430,7 @@ class LayerAttention(BaseModule):
         y = (x.sum(dim=(2, 3)) / (h * w)).unsqueeze(1)  # [N, 1, C]
         query = self.query(y).view(n, g, d)
         key = self.key(y).view(n, g, d)
-        value = self._value(x)  # [N, C, H, W]
+        value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
         logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
@@ -381,7 +438,7 @@ class LayerAttention(BaseModule):
         if self.recording:
             self.attention = attn.detach()
 
-        values = resize_values(values, (h, w)) + [value]
+        values = resize_values(values, value.shape[-2:]) + [value]
         if isinstance(self.norm, ChannelAffine):
             return self._affine_output(x, attn, values), key, value
         # Under autocast softmax runs in fp32: mix in the values' dtype so the
@@ -391,16 +448,16 @@ class LayerAttention(BaseModule):
         if _needs_backward(attn, *values):
             out = WeightedSumOverMemory.apply(attn, *values)
         else:  # inference, and FLOP counting by tracing: plain ops
-            out = mix_values(attn, values)  # [N, C, H, W]
-        return x + self.drop_path(self._normalize(out)), key, value
+            out = mix_values(attn, values)  # [N, C, h, w]
+        return upsample_add(x, self.drop_path(self._normalize(out))), key, \
+            value
 
     def _compiled_attend(self, x: Tensor, keys: List[Tensor],
                          values: List[Tensor]) -> tuple:
         """:meth:`_attend` with the affine output through ``torch.compile``;
         the value convolution stays eager."""
-        h, w = x.shape[-2:]
         value = self._value(x)
-        values = resize_values(values, (h, w))
+        values = resize_values(values, value.shape[-2:])
         rate = getattr(self.drop_path, 'drop_prob', 0.0)
         scale = None
         if self.training and rate > 0:
@@ -423,11 +480,13 @@ class LayerAttention(BaseModule):
         Args:
             x (Tensor): [N, C, H, W].
             attn (Tensor): [N, G, S].
-            values (list[Tensor]): S tensors [N, C, H, W]; the last is this
-                unit's (``x`` itself without a value convolution).
+            values (list[Tensor]): S tensors [N, C, h, w] (h = H without a
+                value stride); the last is this unit's (``x`` itself without
+                a value convolution and stride).
 
         Returns:
-            Tensor: [N, C, H, W].
+            Tensor: [N, C, H, W]. At a lower resolution the sum is added to
+            ``x`` by :func:`upsample_add`.
         """
         n = x.shape[0]
         norm = self.norm
@@ -443,13 +502,16 @@ class LayerAttention(BaseModule):
             bias = bias * scale  # [N, C]
         dtype = values[-1].dtype
         coef, bias = coef.to(dtype), bias.to(dtype)
-        residual = x
-        if self.value is None:  # V_b = X: fold the residual into its weight
+        full = values[-1].shape[-2:] == x.shape[-2:]
+        residual = x if full else None  # else added by upsample_add
+        if values[-1] is x:  # V_b = X: fold the residual into its weight
             coef = torch.cat([coef[:, :, :-1], coef[:, :, -1:] + 1], dim=-1)
             residual = None
         if _needs_backward(coef, *values):
-            return AffineMix.apply(coef, bias, residual, *values)
-        return affine_mix(coef, bias, values, residual)
+            out = AffineMix.apply(coef, bias, residual, *values)
+        else:
+            out = affine_mix(coef, bias, values, residual)
+        return out if full else upsample_add(x, out)
 
     def _normalize(self, out: Tensor) -> Tensor:
         """The output norm of ``out`` ([N, C, H, W]).

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..layers import (DEFAULT_NORM_CFG, LayerAttentionMemory,
                       LayerAttentionStack, check_compile, check_drop_path_rate,
-                      check_value_conv)
+                      check_value_conv, check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -37,6 +37,10 @@ class ELAFPN(FPN):
             rising from 0 to this value along the levels. Default: 0.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the levels themselves as values. Default: True.
+        attn_value_stride (int): values, weighted sum and output norm of the
+            units at 1/s of the features' resolution (s x s average pooling,
+            the output upsampled, nearest): less time and memory. Default: 1
+            (full resolution).
         attn_compile (bool): the units' attention and affine output through
             ``torch.compile``. Affine output only. Default: False.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
@@ -55,6 +59,7 @@ class ELAFPN(FPN):
                  attn_norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rate: float = 0.0,
                  attn_value_conv: bool = True,
+                 attn_value_stride: int = 1,
                  attn_compile: bool = False,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -66,6 +71,7 @@ class ELAFPN(FPN):
                 f'integer dividing out_channels={self.out_channels}')
         check_drop_path_rate('ELAFPN', drop_path_rate)
         check_value_conv('ELAFPN', attn_value_conv)
+        check_value_stride('ELAFPN', attn_value_stride)
         check_compile('ELAFPN', attn_compile, attn_norm_cfg)
         last = max(self.num_outs - 1, 1)
         self.attn = LayerAttentionStack(
@@ -76,6 +82,7 @@ class ELAFPN(FPN):
                 drop_path_rate * i / last for i in range(self.num_outs)
             ],
             value_conv=attn_value_conv,
+            value_stride=attn_value_stride,
             compiled=attn_compile)
         guard_mask_loading(self)  # all-or-nothing mask loading
 
