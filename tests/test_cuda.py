@@ -60,12 +60,16 @@ def test_cuda_runner_prunes(tiny_shapes, tmp_path):
 
 @pytest.mark.parametrize('norm', ['Affine', 'BN'])
 @pytest.mark.parametrize('value_conv', [True, False])
-def test_cuda_unit_gradients_and_autocast(norm, value_conv):
+@pytest.mark.parametrize('value_stride', [1, 2])
+def test_cuda_unit_gradients_and_autocast(norm, value_conv, value_stride):
     from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
     torch.manual_seed(0)
     unit = LayerAttention(
-        64, dim_per_head=16, norm_cfg=dict(type=norm),
-        value_conv=value_conv).cuda()
+        64,
+        dim_per_head=16,
+        norm_cfg=dict(type=norm),
+        value_conv=value_conv,
+        value_stride=value_stride).cuda()
     torch.nn.init.normal_(unit.norm.weight)
     torch.nn.init.normal_(unit.norm.bias)
     xs = [
@@ -89,13 +93,18 @@ def test_cuda_unit_gradients_and_autocast(norm, value_conv):
     assert unit.norm.weight.grad.isfinite().all()
 
 
-@pytest.mark.parametrize('value_conv', [True, False])
-def test_cuda_compiled_unit_matches_eager(value_conv):
+@pytest.mark.parametrize('value_conv, value_stride', [(True, 1), (False, 1),
+                                                      (True, 2)])
+def test_cuda_compiled_unit_matches_eager(value_conv, value_stride):
     """attn_compile on CUDA (Triton): outputs and gradients as eager, in
     fp32 and under autocast."""
     from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
     torch.manual_seed(0)
-    kwargs = dict(channels=64, dim_per_head=16, value_conv=value_conv)
+    kwargs = dict(
+        channels=64,
+        dim_per_head=16,
+        value_conv=value_conv,
+        value_stride=value_stride)
     eager = LayerAttention(**kwargs).cuda()
     torch.nn.init.normal_(eager.norm.weight)
     torch.nn.init.normal_(eager.norm.bias)

@@ -72,8 +72,9 @@ def _reference_unit(unit, xs):
         keys.append(k)
         if unit.value is not None:  # stride s
             values.append(unit.value(x))
-        elif s == 2 and min(x.shape[-2:]) > 1:
-            values.append(F.avg_pool2d(x, 2, 2, ceil_mode=True))
+        elif s == 2:
+            kernel = [min(2, size) for size in x.shape[-2:]]
+            values.append(F.avg_pool2d(x, kernel, kernel, ceil_mode=True))
         else:
             values.append(x)
         attn = torch.einsum('ngd,ngsd->ngs', q, torch.stack(keys, 2))
@@ -213,7 +214,8 @@ def test_half_resolution_backbone_and_neck_match_plain_at_init_and_learn():
                   add_extra_convs='on_output',
                   attn_value_stride=2)
     plain = ELAResNet(depth=18, norm_eval=False)
-    plain.load_state_dict(backbone.state_dict())  # same keys
+    # Same keys; a plain dict has no metadata, so no stride record.
+    plain.load_state_dict(dict(backbone.state_dict()))
     x = torch.rand(2, 3, 72, 40)  # stage 4: 3x2; levels down to 1x1
     for a, b in zip(backbone(x), plain(x)):
         torch.testing.assert_close(a, b)
@@ -239,3 +241,26 @@ def test_half_resolution_backbone_and_neck_match_plain_at_init_and_learn():
     outs = neck(backbone(x))
     assert [o.shape[-2:] for o in outs] == [(18, 10), (9, 5), (5, 3), (3, 2),
                                             (2, 1), (1, 1)]
+
+
+def test_value_stride_travels_with_the_weights(tmp_path):
+    """A checkpoint records its units' value stride: loading it into a model
+    of another stride is a clear error, not other maths with the same keys.
+    """
+    from mmengine.runner import load_checkpoint, save_checkpoint
+    half = ELAResNet(depth=18, attn_value_stride=2)
+    full = ELAResNet(depth=18)
+    path = str(tmp_path / 'half.pth')
+    save_checkpoint(half.state_dict(), path)
+    with pytest.raises(ValueError, match='attn_value_stride=2'):
+        load_checkpoint(full, path, map_location='cpu')
+    load_checkpoint(ELAResNet(depth=18, attn_value_stride=2), path,
+                    map_location='cpu')
+    with pytest.raises(ValueError, match='attn_value_stride'):
+        half.load_state_dict(full.state_dict())
+    # Weights without the record (older releases: stride 1) load as they are.
+    plain = {k: v.clone() for k, v in full.state_dict().items()}
+    half.load_state_dict(plain)
+    neck = ELAFPN([64, 128], 32, num_outs=2, attn_value_stride=2)
+    with pytest.raises(ValueError, match='attn_value_stride'):
+        ELAFPN([64, 128], 32, num_outs=2).load_state_dict(neck.state_dict())

@@ -19,6 +19,9 @@
 #                     the same two with attn_compile=True (torch.compile, Triton)
 #   bench_backbone_lite, bench_retinanet_lite
 #                     the same two with the cheap unit (attn_value_conv=False)
+#   bench_backbone_stride2, bench_retinanet_stride2
+#                     the same two with values at half resolution
+#                     (attn_value_stride=2)
 #   shapes_data       a small synthetic shapes dataset                    data/shapes
 #   pruned_ckpt       the shapes config's model with the last unit of every stack
 #                     pruned, saved by mmengine's save_checkpoint         pruned.pth
@@ -40,7 +43,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile bench_backbone_stride2 bench_retinanet_stride2 shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -121,6 +124,13 @@ step bench_retinanet_lite 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 133
   --batch-size 2 --device cuda --amp --variants plain dense pruned \
   --out "$OUT_DIR/bench_retinanet_r50_amp_lite.json" \
   --cfg-options model.backbone.attn_value_conv=False
+step bench_backbone_stride2 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
+  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_stride2.json" \
+  --cfg-options attn_value_stride=2
+step bench_retinanet_stride2 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_stride2.json" \
+  --cfg-options model.backbone.attn_value_stride=2
 step shapes_data 0 "$PY" tools/misc/make_shapes_dataset.py --out-dir "$DATA" --num-train 8 \
   --num-val $NUM_VAL --no-progress
 step pruned_ckpt 0 "$PY" - "$SHAPES_CFG" "$OUT_DIR/pruned.pth" <<'EOF'

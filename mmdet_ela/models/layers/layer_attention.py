@@ -184,7 +184,7 @@ def upsample_add(x: Tensor, low: Tensor) -> Tensor:
     if (lh, lw) == (h, w):
         return x + low
     sh, sw = -(-h // lh), -(-w // lw)
-    rows = low.repeat_interleave(sw, dim=-1)[..., :w]  # [N, C, h, W]
+    rows = low if sw == 1 else low.repeat_interleave(sw, dim=-1)[..., :w]
     if h % sh == 0:
         blocks = x.reshape(n, c, lh, sh, w)
         return (blocks + rows[:, :, :, None]).reshape(n, c, h, w)
@@ -321,13 +321,43 @@ class LayerAttention(BaseModule):
         super().init_weights()
         constant_init(self.norm, 0)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        """Also record ``value_stride`` in the state_dict's metadata: the
+        stride is not a parameter, and the keys do not show it."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        metadata = getattr(destination, '_metadata', None)
+        if metadata is not None:
+            metadata.setdefault(prefix[:-1], {})['value_stride'] = \
+                self.value_stride
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys,
                               error_msgs) -> None:
+        self._check_saved_stride(state_dict, prefix, local_metadata)
         self._convert_saved_norm(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def _check_saved_stride(self, state_dict: dict, prefix: str,
+                            local_metadata: dict) -> None:
+        """A ``ValueError`` naming ``attn_value_stride`` if the weights were
+        saved from a unit of another value stride (same keys, other maths).
+
+        State dicts without the record (mmdet-ela before 0.3, whose units
+        were all of stride 1, or stripped of their metadata) load as they
+        are.
+        """
+        saved = (local_metadata or {}).get('value_stride')
+        if saved is None or saved == self.value_stride or not any(
+                k.startswith(prefix) for k in state_dict):
+            return
+        raise ValueError(
+            f'{prefix.rstrip(".")}: the checkpoint was saved from a unit with '
+            f'attn_value_stride={saved}, this model has '
+            f'attn_value_stride={self.value_stride}: the weights are the '
+            'same but the maths is not. Build the model with '
+            f'attn_value_stride={saved}')
 
     def _convert_saved_norm(self, state_dict: dict, prefix: str) -> None:
         """Fit a saved output norm of another kind to this unit's.
@@ -402,15 +432,17 @@ class LayerAttention(BaseModule):
     def _value(self, x: Tensor) -> Tensor:
         """v = dwconv3x3(x) (stride ``value_stride``), or without a value
         convolution x itself, 2 x 2 average-pooled (ceil mode) at stride 2;
-        [N, C, h, w] with h = ceil(H / stride).
+        [N, C, h, w] with h = ceil(H / stride), w = ceil(W / stride).
 
         See :class:`DepthwiseConvSplitBackward`.
         """
         conv = self.value
         if conv is None:
-            if self.value_stride == 1 or min(x.shape[-2:]) == 1:
-                return x  # a 1-pixel side: nothing to pool
-            return F.avg_pool2d(x, 2, 2, ceil_mode=True)
+            if self.value_stride == 1:
+                return x
+            # A side of one pixel is not pooled (the convolution's size).
+            kernel = tuple(min(2, size) for size in x.shape[-2:])
+            return F.avg_pool2d(x, kernel, kernel, ceil_mode=True)
         if (x.device.type == 'cpu' and torch.is_grad_enabled()
                 and (x.requires_grad or conv.weight.requires_grad)
                 and not torch.jit.is_tracing()):
