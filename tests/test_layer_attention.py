@@ -1,10 +1,12 @@
 """The unit's autograd functions, the cheap unit (value = X, affine) and the
 half-resolution unit (value stride)."""
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from mmdet.models import ResNet
 
 from mmdet_ela.models import ELAFPN, ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
@@ -213,9 +215,11 @@ def test_half_resolution_backbone_and_neck_match_plain_at_init_and_learn():
                   num_outs=6,
                   add_extra_convs='on_output',
                   attn_value_stride=2)
-    plain = ELAResNet(depth=18, norm_eval=False)
-    # Same keys; a plain dict has no metadata, so no stride record.
-    plain.load_state_dict(dict(backbone.state_dict()))
+    plain = ResNet(depth=18, norm_eval=False)
+    plain.load_state_dict({
+        k: v
+        for k, v in backbone.state_dict().items() if '.attn.' not in k
+    })
     x = torch.rand(2, 3, 72, 40)  # stage 4: 3x2; levels down to 1x1
     for a, b in zip(backbone(x), plain(x)):
         torch.testing.assert_close(a, b)
@@ -248,19 +252,24 @@ def test_value_stride_travels_with_the_weights(tmp_path):
     of another stride is a clear error, not other maths with the same keys.
     """
     from mmengine.runner import load_checkpoint, save_checkpoint
-    half = ELAResNet(depth=18, attn_value_stride=2)
-    full = ELAResNet(depth=18)
+    half = ELAResNet(depth=18)  # the default: stride 2
+    full = ELAResNet(depth=18, attn_value_stride=1)
     path = str(tmp_path / 'half.pth')
     save_checkpoint(half.state_dict(), path)
     with pytest.raises(ValueError, match='attn_value_stride=2'):
         load_checkpoint(full, path, map_location='cpu')
-    load_checkpoint(ELAResNet(depth=18, attn_value_stride=2), path,
-                    map_location='cpu')
-    with pytest.raises(ValueError, match='attn_value_stride'):
+    load_checkpoint(ELAResNet(depth=18), path, map_location='cpu')
+    with pytest.raises(ValueError, match='attn_value_stride=1'):
         half.load_state_dict(full.state_dict())
-    # Weights without the record (older releases: stride 1) load as they are.
-    plain = {k: v.clone() for k, v in full.state_dict().items()}
-    half.load_state_dict(plain)
-    neck = ELAFPN([64, 128], 32, num_outs=2, attn_value_stride=2)
+    # Weights without the record (0.1 / 0.2, or renamed keys) load, with a
+    # warning into stride-2 units.
+    old = {k: v.clone() for k, v in full.state_dict().items()}
+    with pytest.warns(UserWarning, match='attn_value_stride=1'):
+        half.load_state_dict(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        full.load_state_dict(old)
+    neck = ELAFPN([64, 128], 32, num_outs=2)
     with pytest.raises(ValueError, match='attn_value_stride'):
-        ELAFPN([64, 128], 32, num_outs=2).load_state_dict(neck.state_dict())
+        ELAFPN([64, 128], 32, num_outs=2,
+               attn_value_stride=1).load_state_dict(neck.state_dict())

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mmengine.config import Config
 
-from ...models.layers import DEFAULT_NORM_CFG
+from ...models.layers import DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE
 from ..variants import PLAIN_TYPES, plain_model_cfg
 
 __all__ = [
@@ -72,9 +72,9 @@ def unit_options(**options) -> Dict[str, Any]:
 # The cheap unit (see LayerAttention), in the backbone and the neck: values
 # are the block outputs (the default affine output norm).
 LITE_UNIT = unit_options(attn_value_conv=False)
-# Values, weighted sum and output at half the resolution (pooled), the
-# output upsampled.
-HALF_RES_UNIT = unit_options(attn_value_stride=2)
+# The unit of mmdet-ela 0.2: values, weighted sum and output at the features'
+# full resolution.
+FULL_RES_UNIT = unit_options(attn_value_stride=1)
 # The unit of mmdet-ela 0.1: a batch norm on the output.
 BN_UNIT = unit_options(attn_norm_cfg=dict(type='BN'))
 
@@ -160,15 +160,17 @@ _TABLE = (
         hook={},
         cfg_options=LITE_UNIT),
     Variant(
-        'ela-value-stride2',
-        'ela with the units at half resolution: values pooled 2x2, the '
-        'output upsampled (attn_value_stride=2)',
-        cfg_options=HALF_RES_UNIT),
+        'ela-full-res',
+        'ela with the unit of mmdet-ela 0.2: values, weighted sum and '
+        'output at full resolution (attn_value_stride=1)',
+        cfg_options=FULL_RES_UNIT),
     Variant(
-        'ela-value-stride2+hook',
-        'ela-value-stride2 with ELAPruneHook defaults',
-        hook={},
-        cfg_options=HALF_RES_UNIT),
+        'ela-full-res-attn-lr5',
+        'ela-full-res with 5x the learning rate on the attention units',
+        cfg_options={
+            **FULL_RES_UNIT,
+            **unit_optim_options(lr_mult=5.0)
+        }),
 )
 VARIANTS: Dict[str, Variant] = {v.name: v for v in _TABLE}
 
@@ -186,7 +188,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela-bn-norm'
     ],
     lite=['ela', 'ela-lite', 'ela-bn-norm', 'ela+hook', 'ela-lite+hook'],
-    cost=['plain', 'ela', 'ela-value-stride2', 'ela-lite'],
+    cost=['plain', 'ela', 'ela-full-res', 'ela-lite'],
     all=list(VARIANTS))
 
 
@@ -255,6 +257,7 @@ def _model_for(model_cfg: Mapping, variant: Variant) -> dict:
         if choice == 'ela' and isinstance(model[key], dict):
             # Explicit, so a run of another default unit is never reused.
             model[key].setdefault('attn_norm_cfg', dict(DEFAULT_NORM_CFG))
+            model[key].setdefault('attn_value_stride', DEFAULT_VALUE_STRIDE)
     for key, types in (('backbone', ('ResNet', 'ELAResNet')),
                        ('neck', ('FPN', 'ELAFPN'))):
         if getattr(variant, key) == 'ela' and isinstance(model.get(key), dict):

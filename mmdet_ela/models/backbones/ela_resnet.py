@@ -8,9 +8,10 @@ from mmengine.model import BaseModule
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import (DEFAULT_NORM_CFG, LayerAttentionMemory,
-                      LayerAttentionStack, check_compile, check_drop_path_rate,
-                      check_value_conv, check_value_stride)
+from ..layers import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
+                      LayerAttentionMemory, LayerAttentionStack, check_compile,
+                      check_drop_path_rate, check_value_conv,
+                      check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -98,10 +99,10 @@ class ELAResNet(ResNet):
             leaves them in training mode.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the block outputs themselves as values. Default: True.
-        attn_value_stride (int): values, weighted sum and output norm of the
-            units at 1/s of the features' resolution (s x s average pooling,
-            the output upsampled, nearest): less time and memory. Default: 1
-            (full resolution).
+        attn_value_stride (int): 2: the units' values, weighted sum and
+            output at half the features' resolution (a stride-2 value
+            convolution, the output upsampled by 2 x 2 blocks); 1: at full
+            resolution, the unit of mmdet-ela 0.1 and 0.2. Default: 2.
         attn_compile (bool): run the units' attention and affine output
             through ``torch.compile`` (the first steps compile; pruning
             compiles again). Affine output only. Default: False.
@@ -121,7 +122,7 @@ class ELAResNet(ResNet):
                  drop_path_rate: float = 0.0,
                  attn_norm_cfg: dict = DEFAULT_NORM_CFG,
                  attn_value_conv: bool = True,
-                 attn_value_stride: int = 1,
+                 attn_value_stride: int = DEFAULT_VALUE_STRIDE,
                  attn_compile: bool = False,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)

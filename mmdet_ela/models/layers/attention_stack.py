@@ -7,8 +7,8 @@ import torch.nn as nn
 from mmengine.model import BaseModule, ModuleDict
 from torch import Tensor
 
-from .layer_attention import (DEFAULT_NORM_CFG, LayerAttention,
-                              LayerAttentionMemory)
+from .layer_attention import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
+                              LayerAttention, LayerAttentionMemory)
 
 
 class LayerAttentionStack(BaseModule):
@@ -43,7 +43,7 @@ class LayerAttentionStack(BaseModule):
                  norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rates: Optional[Sequence[float]] = None,
                  value_conv: bool = True,
-                 value_stride: int = 1,
+                 value_stride: int = DEFAULT_VALUE_STRIDE,
                  with_cp: bool = False,
                  compiled: bool = False,
                  init_cfg: Optional[dict] = None) -> None:

@@ -68,7 +68,13 @@ def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
     for s, v in enumerate(values):
         out = out + v * coef[:, :, s, None, None]
     if out.shape[-2:] != x.shape[-2:]:  # values at a lower resolution
-        out = F.interpolate(out, size=(h, w), mode='nearest')
+        # Nearest upsampling by whole blocks, as an expand: its gradient is a
+        # sum (Inductor's CPU code for F.interpolate's scatter fails on some
+        # dynamic sizes).
+        lh, lw = out.shape[-2:]
+        sh, sw = -(-h // lh), -(-w // lw)
+        out = out[:, :, :, None, :, None].expand(n, c, lh, sh, lw, sw)
+        out = out.reshape(n, c, lh * sh, lw * sw)[:, :, :h, :w]
     return out + x.to(dtype), key, attn
 
 

@@ -126,6 +126,11 @@ BN_EPS = 1e-5
 #: ``docs/method.md`` for why the default changed).
 DEFAULT_NORM_CFG = dict(type='Affine')
 
+#: The default value stride of a unit: values, weighted sum and output at
+#: half the features' resolution (mmdet-ela 0.1 and 0.2 computed them at full
+#: resolution, ``value_stride=1``; see ``docs/method.md``).
+DEFAULT_VALUE_STRIDE = 2
+
 
 class LayerAttentionMemory:
     """Keys and values of the units that already ran in one sequence.
@@ -240,9 +245,10 @@ class LayerAttention(BaseModule):
             Default: 0.
         value_conv (bool): values V = dwconv3x3(X); False stores X itself.
             Default: True.
-        value_stride (int): 1, or 2 for values, weighted sum and output
-            norm at half the block's resolution (a stride-2 value
-            convolution), the output upsampled. Default: 1.
+        value_stride (int): 2 for values, weighted sum and output norm at
+            half the block's resolution (a stride-2 value convolution), the
+            output upsampled; 1 for the full resolution of mmdet-ela 0.1 and
+            0.2. Default: :data:`DEFAULT_VALUE_STRIDE` (2).
         with_cp (bool): recompute the unit in backward to save memory.
             Default: False.
         compiled (bool): run the attention and the affine output through
@@ -266,7 +272,7 @@ class LayerAttention(BaseModule):
                  norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rate: float = 0.0,
                  value_conv: bool = True,
-                 value_stride: int = 1,
+                 value_stride: int = DEFAULT_VALUE_STRIDE,
                  with_cp: bool = False,
                  compiled: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
@@ -344,20 +350,34 @@ class LayerAttention(BaseModule):
         """A ``ValueError`` naming ``attn_value_stride`` if the weights were
         saved from a unit of another value stride (same keys, other maths).
 
-        State dicts without the record (mmdet-ela before 0.3, whose units
-        were all of stride 1, or stripped of their metadata) load as they
-        are.
+        Weights without the record load, with a warning into a unit of
+        stride 2: mmdet-ela 0.1 and 0.2 saved no record (their units all
+        had stride 1), and loaders that rename keys (mmengine's
+        ``init_cfg=dict(type='Pretrained', prefix=...)``) drop it.
         """
+        if not any(k.startswith(prefix) for k in state_dict):
+            return  # nothing of this unit (e.g. ImageNet weights)
         saved = (local_metadata or {}).get('value_stride')
-        if saved is None or saved == self.value_stride or not any(
-                k.startswith(prefix) for k in state_dict):
+        if saved is None:
+            if self.value_stride != 1:
+                warnings.warn(
+                    'ELA: weights without a record of their units\' value '
+                    'stride were loaded into units of attn_value_stride='
+                    f'{self.value_stride}. Checkpoints of mmdet-ela 0.1 and '
+                    '0.2 were trained with attn_value_stride=1: build the '
+                    'model with it for them (loaders that rename keys, such '
+                    "as init_cfg=dict(type='Pretrained', prefix=...), also "
+                    'drop the record)')
             return
-        raise ValueError(
-            f'{prefix.rstrip(".")}: the checkpoint was saved from a unit with '
-            f'attn_value_stride={saved}, this model has '
-            f'attn_value_stride={self.value_stride}: the weights are the '
-            'same but the maths is not. Build the model with '
-            f'attn_value_stride={saved}')
+        if saved != self.value_stride:
+            raise ValueError(
+                f'{prefix.rstrip(".")}: the checkpoint was saved from a unit '
+                f'with attn_value_stride={saved}; this model has '
+                f'attn_value_stride={self.value_stride}. The weights would '
+                'load but compute other maths: build the model with '
+                f'attn_value_stride={saved} (e.g. --cfg-options '
+                f'model.backbone.attn_value_stride={saved}, and the same for '
+                'an ELAFPN neck)')
 
     def _convert_saved_norm(self, state_dict: dict, prefix: str) -> None:
         """Fit a saved output norm of another kind to this unit's.

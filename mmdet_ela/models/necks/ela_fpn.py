@@ -5,9 +5,10 @@ from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ..layers import (DEFAULT_NORM_CFG, LayerAttentionMemory,
-                      LayerAttentionStack, check_compile, check_drop_path_rate,
-                      check_value_conv, check_value_stride)
+from ..layers import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
+                      LayerAttentionMemory, LayerAttentionStack, check_compile,
+                      check_drop_path_rate, check_value_conv,
+                      check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -37,10 +38,10 @@ class ELAFPN(FPN):
             rising from 0 to this value along the levels. Default: 0.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the levels themselves as values. Default: True.
-        attn_value_stride (int): values, weighted sum and output norm of the
-            units at 1/s of the features' resolution (s x s average pooling,
-            the output upsampled, nearest): less time and memory. Default: 1
-            (full resolution).
+        attn_value_stride (int): 2: the units' values, weighted sum and
+            output at half the features' resolution (a stride-2 value
+            convolution, the output upsampled by 2 x 2 blocks); 1: at full
+            resolution, the unit of mmdet-ela 0.1 and 0.2. Default: 2.
         attn_compile (bool): the units' attention and affine output through
             ``torch.compile``. Affine output only. Default: False.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
@@ -59,7 +60,7 @@ class ELAFPN(FPN):
                  attn_norm_cfg: dict = DEFAULT_NORM_CFG,
                  drop_path_rate: float = 0.0,
                  attn_value_conv: bool = True,
-                 attn_value_stride: int = 1,
+                 attn_value_stride: int = DEFAULT_VALUE_STRIDE,
                  attn_compile: bool = False,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
