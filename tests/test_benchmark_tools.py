@@ -165,17 +165,23 @@ def _hook_record(folder) -> dict:
 
 
 def test_benchmark_config_every_variant(tmp_path):
-    """The shapes config: plain, dense, EBQM-pruned and a hook record."""
+    """The shapes config: plain, dense, the full-resolution unit (alt),
+    EBQM-pruned and a hook record."""
     bench = _load_tool('benchmark')
     record = _hook_record(tmp_path)
     path = str(tmp_path / 'ela_prune' / 'round_1.json')
     out, png = str(tmp_path / 'bench.json'), str(tmp_path / 'bench.png')
     res = bench.main([
         SHAPES_CONFIG, *TINY_BENCH, '--memory', 'none', '--mask', path,
-        '--out', out, '--plot', png
+        '--out', out, '--plot', png, '--alt-options',
+        'model.backbone.attn_value_stride=1', 'model.neck.attn_value_stride=1'
     ])
     v = res['variants']
-    assert list(v) == ['plain', 'dense', 'pruned', 'mask']
+    assert list(v) == ['plain', 'dense', 'alt', 'pruned', 'mask']
+    # Same units and parameters; full-resolution values cost more FLOPs.
+    assert v['alt']['units_kept'] == v['dense']['units_kept']
+    assert v['alt']['params'] == v['dense']['params']
+    assert v['alt']['flops'] > v['dense']['flops']
     for info in v.values():
         assert info['train_ms'] > 0 and info['infer_ms'] > 0
         assert info['train_ratio'] == pytest.approx(info['train_ms'] /
@@ -236,6 +242,8 @@ def test_benchmark_bad_mask_is_clear(tmp_path):
         ])
     with pytest.raises(SystemExit):  # argparse: --amp needs CUDA
         bench.parse_args([SHAPES_CONFIG, '--amp'])
+    with pytest.raises(SystemExit):  # the alt variant needs its options
+        bench.parse_args([SHAPES_CONFIG, '--variants', 'plain', 'alt'])
 
 
 # ------------------------------------------------------ redundancy analysis

@@ -22,10 +22,11 @@ __all__ = [
     'build_workload'
 ]
 
-VARIANTS = ('plain', 'dense', 'pruned', 'mask')
+VARIANTS = ('plain', 'dense', 'alt', 'pruned', 'mask')
 LABELS = dict(
     plain='plain (ResNet/FPN)',
     dense='ELA dense',
+    alt='ELA dense, --alt-options',
     pruned='ELA pruned (EBQM)',
     mask='ELA pruned (--mask)')
 #: The optimizer of a bare backbone (no config): a small SGD step.
@@ -45,6 +46,9 @@ class BenchmarkSettings:
             ``depth`` (with ``model='backbone'``).
         cfg_options (dict, optional): overrides merged into the config (into
             the ``ELAResNet`` arguments without a config).
+        alt_options (dict, optional): further overrides for the ``alt``
+            variant only (e.g. another unit), timed side by side with the
+            others.
         model (str): ``'detector'`` (the config's model) or ``'backbone'``
             (its backbone, or ``ELAResNet(depth)`` without a config).
         img_size (tuple[int, int]): (H, W) of the synthetic images.
@@ -60,6 +64,7 @@ class BenchmarkSettings:
     """
     config: Optional[str] = None
     cfg_options: Optional[dict] = None
+    alt_options: Optional[dict] = None
     model: str = 'detector'
     depth: int = 50
     dim_per_head: int = 32
@@ -89,6 +94,7 @@ class ModelSetup:
 
     Attributes:
         model_cfg (dict): the ELA model's config, Pretrained init dropped.
+        alt_model_cfg (dict, optional): the same with ``alt_options``.
         optim_wrapper (dict): the optimizer wrapper's config.
         selector (Selector): EBQM's settings for the ``pruned`` variant.
         notes (list[str]): what was changed, for the output.
@@ -97,24 +103,37 @@ class ModelSetup:
     optim_wrapper: dict
     selector: Selector
     notes: List[str]
+    alt_model_cfg: Optional[dict] = None
+
+
+def _model_cfg(s: BenchmarkSettings, options: Optional[dict]) -> tuple:
+    """(config or None, model config) with ``options`` merged."""
+    if s.config is not None:
+        cfg = load_config(s.config, options)
+        return cfg, (
+            cfg.model if s.model == 'detector' else cfg.model.backbone)
+    model_cfg = dict(
+        type='ELAResNet', depth=s.depth, dim_per_head=s.dim_per_head)
+    if options:  # keys are the backbone's own: attn_value_conv=...
+        backbone = Config(model_cfg)
+        backbone.merge_from_dict(options)
+        model_cfg = backbone.to_dict()
+    return None, model_cfg
 
 
 def model_setup(s: BenchmarkSettings) -> ModelSetup:
     """Read the config (or make a backbone config) for the benchmark."""
     notes = []
-    cfg = None
-    if s.config is not None:
-        cfg = load_config(s.config, s.cfg_options)
-        model_cfg = cfg.model if s.model == 'detector' else cfg.model.backbone
-        optim = cfg.get('optim_wrapper') or BACKBONE_OPTIM_WRAPPER
-    else:
-        model_cfg = dict(
-            type='ELAResNet', depth=s.depth, dim_per_head=s.dim_per_head)
-        if s.cfg_options:  # keys are the backbone's own: attn_value_conv=...
-            backbone = Config(model_cfg)
-            backbone.merge_from_dict(s.cfg_options)
-            model_cfg = backbone.to_dict()
-        optim = BACKBONE_OPTIM_WRAPPER
+    cfg, model_cfg = _model_cfg(s, s.cfg_options)
+    optim = (cfg.get('optim_wrapper')
+             if cfg is not None else None) or BACKBONE_OPTIM_WRAPPER
+    alt_model_cfg = None
+    if s.alt_options:
+        alt_model_cfg = drop_pretrained(
+            _model_cfg(s, {
+                **(s.cfg_options or {}),
+                **s.alt_options
+            })[1])[0]
     model_cfg, dropped = drop_pretrained(model_cfg)
     if dropped:
         notes.append('init_cfg Pretrained dropped (no download; random '
@@ -130,7 +149,7 @@ def model_setup(s: BenchmarkSettings) -> ModelSetup:
         quantile=s.quantile,
         max_prune_ratio=s.max_prune_ratio,
         min_keep=s.min_keep)
-    return ModelSetup(model_cfg, optim, selector, notes)
+    return ModelSetup(model_cfg, optim, selector, notes, alt_model_cfg)
 
 
 def build_variant(setup: ModelSetup,
@@ -148,6 +167,11 @@ def build_variant(setup: ModelSetup,
     Raises:
         ValueError: ``mask`` does not fit the model (names its stacks).
     """
+    if name == 'alt':
+        if setup.alt_model_cfg is None:
+            raise ValueError("the 'alt' variant needs alt_options "
+                             '(--alt-options)')
+        return build_model(setup.alt_model_cfg, seed)
     model = build_model(setup.model_cfg, seed)
     if not count_units(model)['total']:
         raise ValueError('the benchmarked model has no layer-attention units '

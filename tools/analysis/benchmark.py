@@ -101,7 +101,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         nargs='+',
         choices=VARIANTS,
         default=None,
-        help='default: plain dense pruned (+ mask with --mask)')
+        help='default: plain dense pruned (+ alt with --alt-options, + mask '
+        'with --mask)')
     p.add_argument(
         '--score-batches',
         type=int,
@@ -119,6 +120,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         nargs='+',
         action=DictAction,
         help='override config settings, key=value')
+    p.add_argument(
+        '--alt-options',
+        nargs='+',
+        action=DictAction,
+        help='the "alt" variant: the dense model with these further '
+        'overrides (same syntax as --cfg-options), timed side by side, e.g. '
+        'model.backbone.attn_value_stride=1')
     p.add_argument('--out', default=None, help='write the results as JSON')
     p.add_argument('--plot', default=None, help='write a bar chart PNG')
     args = p.parse_args(argv)
@@ -137,8 +145,12 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.img_size = (size[0], size[-1])
     args.threads = args.threads or available_cores()
     if args.variants is None:
-        args.variants = ['plain', 'dense', 'pruned'
+        args.variants = ['plain', 'dense'
+                         ] + (['alt'] if args.alt_options else []) + [
+                             'pruned'
                          ] + (['mask'] if args.mask else [])
+    if ('alt' in args.variants) != bool(args.alt_options):
+        p.error('--variants alt and --alt-options go together')
     if 'mask' in args.variants and not args.mask:
         p.error('--variants mask needs --mask FILE')
     if 'plain' not in args.variants:
@@ -163,6 +175,7 @@ def settings_of(args: argparse.Namespace) -> BenchmarkSettings:
     return BenchmarkSettings(
         config=args.config,
         cfg_options=args.cfg_options,
+        alt_options=args.alt_options,
         model=args.model,
         depth=args.depth,
         dim_per_head=args.dim_per_head,
