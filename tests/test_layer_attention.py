@@ -252,13 +252,14 @@ def test_value_stride_travels_with_the_weights(tmp_path):
     of another stride is a clear error, not other maths with the same keys.
     """
     from mmengine.runner import load_checkpoint, save_checkpoint
-    half = ELAResNet(depth=18)  # the default: stride 2
-    full = ELAResNet(depth=18, attn_value_stride=1)
+    half = ELAResNet(depth=18, attn_value_stride=2)
+    full = ELAResNet(depth=18)  # the default: stride 1
     path = str(tmp_path / 'half.pth')
     save_checkpoint(half.state_dict(), path)
     with pytest.raises(ValueError, match='attn_value_stride=2'):
         load_checkpoint(full, path, map_location='cpu')
-    load_checkpoint(ELAResNet(depth=18), path, map_location='cpu')
+    load_checkpoint(
+        ELAResNet(depth=18, attn_value_stride=2), path, map_location='cpu')
     with pytest.raises(ValueError, match='attn_value_stride=1'):
         half.load_state_dict(full.state_dict())
     # Weights without the record (0.1 / 0.2, or renamed keys) load, with a
@@ -269,7 +270,6 @@ def test_value_stride_travels_with_the_weights(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         full.load_state_dict(old)
-    neck = ELAFPN([64, 128], 32, num_outs=2)
+    neck = ELAFPN([64, 128], 32, num_outs=2, attn_value_stride=2)
     with pytest.raises(ValueError, match='attn_value_stride'):
-        ELAFPN([64, 128], 32, num_outs=2,
-               attn_value_stride=1).load_state_dict(neck.state_dict())
+        ELAFPN([64, 128], 32, num_outs=2).load_state_dict(neck.state_dict())

@@ -9,9 +9,10 @@
 #
 #   env               torch / CUDA / device versions                      env.json
 #   test_cuda         pytest tests/test_cuda.py                           test_cuda.xml
-#   bench_backbone    benchmark.py --model backbone --depth 50, 224, batch 4, CUDA
+#   bench_backbone    benchmark.py --model backbone --depth 50, 224, batch 4, CUDA, with
+#                     the half-resolution unit (attn_value_stride=2) as the alt variant
 #   bench_retinanet   benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
-#                     batch 2, --amp, variants plain dense pruned, CUDA
+#                     batch 2, --amp, variants plain dense alt (half resolution) pruned
 #   bench_backbone_bn, bench_retinanet_bn
 #                     the same two with the unit of mmdet-ela 0.1 (a BN output,
 #                     attn_norm_cfg=dict(type='BN'))
@@ -19,9 +20,6 @@
 #                     the same two with attn_compile=True (torch.compile, Triton)
 #   bench_backbone_lite, bench_retinanet_lite
 #                     the same two with the cheap unit (attn_value_conv=False)
-#   bench_backbone_stride2, bench_retinanet_stride2
-#                     the same two with values at half resolution
-#                     (attn_value_stride=2)
 #   shapes_data       a small synthetic shapes dataset                    data/shapes
 #   pruned_ckpt       the shapes config's model with the last unit of every stack
 #                     pruned, saved by mmengine's save_checkpoint         pruned.pth
@@ -43,7 +41,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile bench_backbone_stride2 bench_retinanet_stride2 shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -100,9 +98,11 @@ env = dict(python=platform.python_version(), torch=torch.__version__,
 json.dump(env, open('$OUT_DIR/env.json', 'w'), indent=2); print(env)"
 step test_cuda 1 "$PY" -m pytest -q tests/test_cuda.py --junitxml="$OUT_DIR/test_cuda.xml"
 step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
-  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50.json"
+  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50.json" \
+  --alt-options attn_value_stride=2
 step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \
-  --device cuda --amp --variants plain dense pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json"
+  --device cuda --amp --variants plain dense alt pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json" \
+  --alt-options model.backbone.attn_value_stride=2
 step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
   --cfg-options attn_norm_cfg.type=BN
@@ -124,13 +124,6 @@ step bench_retinanet_lite 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 133
   --batch-size 2 --device cuda --amp --variants plain dense pruned \
   --out "$OUT_DIR/bench_retinanet_r50_amp_lite.json" \
   --cfg-options model.backbone.attn_value_conv=False
-step bench_backbone_stride2 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
-  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_stride2.json" \
-  --cfg-options attn_value_stride=2
-step bench_retinanet_stride2 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_stride2.json" \
-  --cfg-options model.backbone.attn_value_stride=2
 step shapes_data 0 "$PY" tools/misc/make_shapes_dataset.py --out-dir "$DATA" --num-train 8 \
   --num-val $NUM_VAL --no-progress
 step pruned_ckpt 0 "$PY" - "$SHAPES_CFG" "$OUT_DIR/pruned.pth" <<'EOF'

@@ -72,9 +72,9 @@ def unit_options(**options) -> Dict[str, Any]:
 # The cheap unit (see LayerAttention), in the backbone and the neck: values
 # are the block outputs (the default affine output norm).
 LITE_UNIT = unit_options(attn_value_conv=False)
-# The unit of mmdet-ela 0.2: values, weighted sum and output at the features'
-# full resolution.
-FULL_RES_UNIT = unit_options(attn_value_stride=1)
+# Values, weighted sum and output at half the features' resolution (a
+# stride-2 value convolution), the output upsampled.
+HALF_RES_UNIT = unit_options(attn_value_stride=2)
 # The unit of mmdet-ela 0.1: a batch norm on the output.
 BN_UNIT = unit_options(attn_norm_cfg=dict(type='BN'))
 
@@ -160,15 +160,15 @@ _TABLE = (
         hook={},
         cfg_options=LITE_UNIT),
     Variant(
-        'ela-full-res',
-        'ela with the unit of mmdet-ela 0.2: values, weighted sum and '
-        'output at full resolution (attn_value_stride=1)',
-        cfg_options=FULL_RES_UNIT),
+        'ela-value-stride2',
+        'ela with the units at half resolution: a stride-2 value conv, the '
+        'output upsampled by 2x2 blocks (attn_value_stride=2)',
+        cfg_options=HALF_RES_UNIT),
     Variant(
-        'ela-full-res-attn-lr5',
-        'ela-full-res with 5x the learning rate on the attention units',
+        'ela-value-stride2-attn-lr5',
+        'ela-value-stride2 with 5x the learning rate on the attention units',
         cfg_options={
-            **FULL_RES_UNIT,
+            **HALF_RES_UNIT,
             **unit_optim_options(lr_mult=5.0)
         }),
 )
@@ -188,7 +188,7 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela-bn-norm'
     ],
     lite=['ela', 'ela-lite', 'ela-bn-norm', 'ela+hook', 'ela-lite+hook'],
-    cost=['plain', 'ela', 'ela-full-res', 'ela-lite'],
+    cost=['plain', 'ela', 'ela-value-stride2', 'ela-lite'],
     all=list(VARIANTS))
 
 

@@ -99,10 +99,10 @@ class ELAResNet(ResNet):
             leaves them in training mode.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the block outputs themselves as values. Default: True.
-        attn_value_stride (int): 2: the units' values, weighted sum and
-            output at half the features' resolution (a stride-2 value
-            convolution, the output upsampled by 2 x 2 blocks); 1: at full
-            resolution, the unit of mmdet-ela 0.1 and 0.2. Default: 2.
+        attn_value_stride (int): 1: the units' values, weighted sum and
+            output at the features' resolution; 2: at half of it (a stride-2
+            value convolution, the output upsampled by 2 x 2 blocks), cheaper.
+            Default: 1.
         attn_compile (bool): run the units' attention and affine output
             through ``torch.compile`` (the first steps compile; pruning
             compiles again). Affine output only. Default: False.

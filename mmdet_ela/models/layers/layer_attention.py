@@ -126,10 +126,10 @@ BN_EPS = 1e-5
 #: ``docs/method.md`` for why the default changed).
 DEFAULT_NORM_CFG = dict(type='Affine')
 
-#: The default value stride of a unit: values, weighted sum and output at
-#: half the features' resolution (mmdet-ela 0.1 and 0.2 computed them at full
-#: resolution, ``value_stride=1``; see ``docs/method.md``).
-DEFAULT_VALUE_STRIDE = 2
+#: The default value stride of a unit: values, weighted sum and output at the
+#: features' full resolution. ``value_stride=2`` (half resolution) costs less
+#: but lost mAP with a higher learning rate on the units (``docs/method.md``).
+DEFAULT_VALUE_STRIDE = 1
 
 
 class LayerAttentionMemory:
@@ -245,10 +245,10 @@ class LayerAttention(BaseModule):
             Default: 0.
         value_conv (bool): values V = dwconv3x3(X); False stores X itself.
             Default: True.
-        value_stride (int): 2 for values, weighted sum and output norm at
-            half the block's resolution (a stride-2 value convolution), the
-            output upsampled; 1 for the full resolution of mmdet-ela 0.1 and
-            0.2. Default: :data:`DEFAULT_VALUE_STRIDE` (2).
+        value_stride (int): 1 for values, weighted sum and output norm at
+            the block's resolution; 2 for half of it (a stride-2 value
+            convolution), the output upsampled. Default:
+            :data:`DEFAULT_VALUE_STRIDE` (1).
         with_cp (bool): recompute the unit in backward to save memory.
             Default: False.
         compiled (bool): run the attention and the affine output through

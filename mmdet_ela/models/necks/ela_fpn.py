@@ -38,10 +38,10 @@ class ELAFPN(FPN):
             rising from 0 to this value along the levels. Default: 0.
         attn_value_conv (bool): the units' depthwise value convolution; False
             uses the levels themselves as values. Default: True.
-        attn_value_stride (int): 2: the units' values, weighted sum and
-            output at half the features' resolution (a stride-2 value
-            convolution, the output upsampled by 2 x 2 blocks); 1: at full
-            resolution, the unit of mmdet-ela 0.1 and 0.2. Default: 2.
+        attn_value_stride (int): 1: the units' values, weighted sum and
+            output at the features' resolution; 2: at half of it (a stride-2
+            value convolution, the output upsampled by 2 x 2 blocks), cheaper.
+            Default: 1.
         attn_compile (bool): the units' attention and affine output through
             ``torch.compile``. Affine output only. Default: False.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
