@@ -145,6 +145,17 @@ def test_lite_unit_is_identity_at_init_and_drop_path_drops_samples():
         _reference_unit(unit, [x])[0])
 
 
+def _train(backbone, neck, x, steps: int = 3) -> None:
+    """A few SGD steps of backbone + neck on a squared-output loss."""
+    params = list(backbone.parameters()) + list(neck.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    for _ in range(steps):
+        loss = sum(o.pow(2).mean() for o in neck(backbone(x)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_lite_backbone_and_neck_learn_prune_and_match_plain_at_init():
     torch.manual_seed(0)
     backbone = ELAResNet(
@@ -167,13 +178,7 @@ def test_lite_backbone_and_neck_learn_prune_and_match_plain_at_init():
     for a, b in zip(backbone(x), plain(x)):
         torch.testing.assert_close(a, b)
     assert not any('.value.' in k for k in backbone.state_dict())
-    params = list(backbone.parameters()) + list(neck.parameters())
-    opt = torch.optim.SGD(params, lr=1e-3)
-    for _ in range(3):
-        loss = sum(o.pow(2).mean() for o in neck(backbone(x)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(backbone, neck, x)
     for model in (backbone, neck):
         for stack in attention_stacks(model).values():
             for _, unit in stack.kept_units():
@@ -227,13 +232,7 @@ def test_half_resolution_backbone_and_neck_match_plain_at_init_and_learn():
     memory = LayerAttentionMemory()
     unit(torch.rand(2, 64, 18, 10), memory)
     assert memory.values[0].shape == (2, 64, 9, 5)
-    params = list(backbone.parameters()) + list(neck.parameters())
-    opt = torch.optim.SGD(params, lr=1e-3)
-    for _ in range(3):
-        loss = sum(o.pow(2).mean() for o in neck(backbone(x)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(backbone, neck, x)
     for model in (backbone, neck):
         for stack in attention_stacks(model).values():
             for _, unit in stack.kept_units():
