@@ -125,15 +125,12 @@ def model_setup(s: BenchmarkSettings) -> ModelSetup:
     """Read the config (or make a backbone config) for the benchmark."""
     notes = []
     cfg, model_cfg = _model_cfg(s, s.cfg_options)
-    optim = (cfg.get('optim_wrapper')
-             if cfg is not None else None) or BACKBONE_OPTIM_WRAPPER
+    optim = cfg.get('optim_wrapper') if cfg is not None else None
+    optim = optim or BACKBONE_OPTIM_WRAPPER
     alt_model_cfg = None
     if s.alt_options:
-        alt_model_cfg = drop_pretrained(
-            _model_cfg(s, {
-                **(s.cfg_options or {}),
-                **s.alt_options
-            })[1])[0]
+        alt_options = {**(s.cfg_options or {}), **s.alt_options}
+        alt_model_cfg, _ = drop_pretrained(_model_cfg(s, alt_options)[1])
     model_cfg, dropped = drop_pretrained(model_cfg)
     if dropped:
         notes.append('init_cfg Pretrained dropped (no download; random '
