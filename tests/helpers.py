@@ -3,6 +3,7 @@ import json
 import os
 import os.path as osp
 import sys
+import uuid
 
 from mmengine.config import Config
 
@@ -29,6 +30,10 @@ def tiny_config(data_root: str,
     # the tiny set is the test's own: no CPU preset of the tools
     cfg.pop('synthetic_data')
     cfg.work_dir = work_dir
+    # mmengine names an experiment after the config file and the second it
+    # starts, and reuses the logger of that name: two runners started in one
+    # second would write one log file. A name of its own per config.
+    cfg.experiment_name = f'tiny_{uuid.uuid4().hex[:8]}'
     cfg.launcher = 'none'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         dl = cfg[loader]
