@@ -16,7 +16,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401  (registers ELA modules, safe loading)
-from mmdet_ela.utils import check_checkpoint_file, setup_distributed
+from mmdet_ela.utils import (check_checkpoint_file, setup_distributed,
+                             teardown_distributed)
 
 
 def parse_args():
@@ -115,6 +116,7 @@ def main():
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
     runner.test()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

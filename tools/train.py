@@ -13,7 +13,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmdet_ela  # noqa: F401  (registers ELA modules, safe loading)
-from mmdet_ela.utils import check_checkpoint_file, setup_distributed
+from mmdet_ela.utils import (check_checkpoint_file, setup_distributed,
+                             teardown_distributed)
 
 
 def parse_args():
@@ -96,6 +97,7 @@ def main():
     else:
         runner = RUNNERS.build(cfg)
     runner.train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

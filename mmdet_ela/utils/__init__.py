@@ -1,6 +1,7 @@
 from .checkpoint import (check_checkpoint_file, load_checkpoint_file,
                          register_safe_local_loader, safe_local_loader)
-from .dist import ELADistributedDataParallel, setup_distributed
+from .dist import (ELADistributedDataParallel, setup_distributed,
+                   teardown_distributed)
 from .safe_load import (STATISTICS_METHODS, UnsafeCheckpointError,
                         mmengine_checkpoint_globals,
                         mmengine_checkpoint_loading)
@@ -8,7 +9,7 @@ from .safe_load import (STATISTICS_METHODS, UnsafeCheckpointError,
 __all__ = [
     'check_checkpoint_file', 'load_checkpoint_file',
     'register_safe_local_loader', 'safe_local_loader',
-    'ELADistributedDataParallel', 'setup_distributed', 'STATISTICS_METHODS',
-    'UnsafeCheckpointError', 'mmengine_checkpoint_globals',
-    'mmengine_checkpoint_loading'
+    'ELADistributedDataParallel', 'setup_distributed', 'teardown_distributed',
+    'STATISTICS_METHODS', 'UnsafeCheckpointError',
+    'mmengine_checkpoint_globals', 'mmengine_checkpoint_loading'
 ]
