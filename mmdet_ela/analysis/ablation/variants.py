@@ -160,6 +160,13 @@ _TABLE = (
         hook={},
         cfg_options=LITE_UNIT),
     Variant(
+        'ela-lite-attn-lr5',
+        'ela-lite with 5x the learning rate on the attention units',
+        cfg_options={
+            **LITE_UNIT,
+            **unit_optim_options(lr_mult=5.0)
+        }),
+    Variant(
         'ela-value-stride2',
         'ela with the units at half resolution: a stride-2 value conv, the '
         'output upsampled by 2x2 blocks (attn_value_stride=2)',
@@ -188,7 +195,9 @@ GROUPS: Dict[str, List[str]] = dict(
         'ela-bn-norm'
     ],
     lite=['ela', 'ela-lite', 'ela-bn-norm', 'ela+hook', 'ela-lite+hook'],
-    cost=['plain', 'ela', 'ela-value-stride2', 'ela-lite'],
+    cost=[
+        'plain', 'ela', 'ela-value-stride2', 'ela-lite', 'ela-lite-attn-lr5'
+    ],
     all=list(VARIANTS))
 
 
