@@ -272,3 +272,27 @@ def test_value_stride_travels_with_the_weights(tmp_path):
     neck = ELAFPN([64, 128], 32, num_outs=2, attn_value_stride=2)
     with pytest.raises(ValueError, match='attn_value_stride'):
         ELAFPN([64, 128], 32, num_outs=2).load_state_dict(neck.state_dict())
+
+
+def test_value_conv_mismatch_is_named(tmp_path):
+    """Weights of a unit with a value convolution into one without (or the
+    other way round): a clear error, also through mmengine's non-strict
+    load."""
+    from mmengine.runner import load_checkpoint, save_checkpoint
+    full = ELAResNet(depth=18)
+    lite = ELAResNet(depth=18, attn_value_conv=False)
+    path = str(tmp_path / 'full.pth')
+    save_checkpoint(full.state_dict(), path)
+    with pytest.raises(
+            ValueError, match='attn_value_conv=True.*'
+            'attn_value_conv=False'):
+        load_checkpoint(lite, path, map_location='cpu')
+    with pytest.raises(
+            ValueError, match='attn_value_conv=False.*'
+            'attn_value_conv=True'):
+        full.load_state_dict(lite.state_dict())
+    lite.load_state_dict(
+        ELAResNet(depth=18, attn_value_conv=False).state_dict())
+    neck = ELAFPN([64, 128], 32, num_outs=2, attn_value_conv=False)
+    with pytest.raises(ValueError, match='attn_value_conv'):
+        ELAFPN([64, 128], 32, num_outs=2).load_state_dict(neck.state_dict())

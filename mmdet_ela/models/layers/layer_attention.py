@@ -340,6 +340,7 @@ class LayerAttention(BaseModule):
                               missing_keys, unexpected_keys,
                               error_msgs) -> None:
         self._check_saved_stride(state_dict, prefix, local_metadata)
+        self._check_saved_value_conv(state_dict, prefix)
         self._convert_saved_norm(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
@@ -377,6 +378,24 @@ class LayerAttention(BaseModule):
                 'load but compute other maths: build the model with '
                 f'attn_value_stride={saved} (e.g. --cfg-options '
                 f'model.backbone.attn_value_stride={saved}, and the same for '
+                'an ELAFPN neck)')
+
+    def _check_saved_value_conv(self, state_dict: dict, prefix: str) -> None:
+        """A ``ValueError`` naming ``attn_value_conv`` if the weights were
+        saved from a unit with a value convolution into one without, or the
+        other way round: the keys would not match, and a non-strict load
+        (mmengine's default) would only warn and leave other maths."""
+        if f'{prefix}query.weight' not in state_dict:
+            return  # nothing of this unit (e.g. ImageNet weights)
+        saved = f'{prefix}value.weight' in state_dict
+        built = self.value is not None
+        if saved != built:
+            raise ValueError(
+                f'{prefix.rstrip(".")}: the checkpoint was saved from a unit '
+                f'with attn_value_conv={saved}; this model has '
+                f'attn_value_conv={built}. Build the model with '
+                f'attn_value_conv={saved} (e.g. --cfg-options '
+                f'model.backbone.attn_value_conv={saved}, and the same for '
                 'an ELAFPN neck)')
 
     def _convert_saved_norm(self, state_dict: dict, prefix: str) -> None:
