@@ -203,6 +203,12 @@ def _needs_backward(*tensors: Tensor) -> bool:
             and any(t.requires_grad for t in tensors))
 
 
+def _holds_unit(state_dict: dict, prefix: str) -> bool:
+    """Whether ``state_dict`` holds weights of the unit at ``prefix`` (every
+    unit has a query; ImageNet weights and pruned units have none)."""
+    return f'{prefix}query.weight' in state_dict
+
+
 class LayerAttention(BaseModule):
     """One layer-attention unit: Z = X + DropPath(norm(sum_s A[s] * V_s)).
 
@@ -356,8 +362,8 @@ class LayerAttention(BaseModule):
         had stride 1), and loaders that rename keys (mmengine's
         ``init_cfg=dict(type='Pretrained', prefix=...)``) drop it.
         """
-        if not any(k.startswith(prefix) for k in state_dict):
-            return  # nothing of this unit (e.g. ImageNet weights)
+        if not _holds_unit(state_dict, prefix):
+            return
         saved = (local_metadata or {}).get('value_stride')
         if saved is None:
             if self.value_stride != 1:
@@ -385,8 +391,8 @@ class LayerAttention(BaseModule):
         saved from a unit with a value convolution into one without, or the
         other way round: the keys would not match, and a non-strict load
         (mmengine's default) would only warn and leave other maths."""
-        if f'{prefix}query.weight' not in state_dict:
-            return  # nothing of this unit (e.g. ImageNet weights)
+        if not _holds_unit(state_dict, prefix):
+            return
         saved = f'{prefix}value.weight' in state_dict
         built = self.value is not None
         if saved != built:
