@@ -103,10 +103,14 @@ class WeightedSumOverMemory(torch.autograd.Function):
         weights = attn.view(n, g, -1, 1, 1, 1)
         grad_attn = None
         if ctx.needs_input_grad[0]:
-            grad_attn = torch.stack(
-                [(grad * v.unflatten(1, (g, d))).sum(dim=(2, 3, 4))
-                 for v in values],
-                dim=-1)  # [N, G, S]
+            # One buffer for every product, as in AffineMix.
+            product = torch.empty_like(
+                grad, dtype=torch.result_type(grad, values[0]))
+            sums = [
+                torch.mul(grad, v.unflatten(1, (g, d)),
+                          out=product).sum(dim=(2, 3, 4)) for v in values
+            ]
+            grad_attn = torch.stack(sums, dim=-1)  # [N, G, S]
         grad_values = [(grad * weights[:, :, s]).flatten(1, 2)
                        if ctx.needs_input_grad[s + 1] else None
                        for s in range(len(values))]
@@ -143,9 +147,11 @@ class AffineMix(torch.autograd.Function):
     """:func:`affine_mix` with a hand-written backward.
 
     Backward makes one pass per value for its gradient (``grad * coef_s``),
-    one product and sum per value for the weight gradient, one read for the
-    bias gradient, and passes ``grad``
-    on to ``x`` without a copy. Not twice differentiable.
+    one product and sum per value for the weight gradient (the products
+    share one buffer: on CPU, a fresh [N, C, H, W] temporary per value is
+    handed back to the system by the C allocator and faulted in again, page
+    by page), one read for the bias gradient, and passes ``grad`` on to ``x``
+    without a copy. Not twice differentiable.
     """
 
     @staticmethod
@@ -164,7 +170,12 @@ class AffineMix(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_coef = grad_bias = grad_x = None
         if need[0]:
-            sums = [(grad * v).sum(dim=(2, 3)) for v in values]
+            # One buffer for every product grad * v_s (see the docstring).
+            product = torch.empty_like(
+                grad, dtype=torch.result_type(grad, values[0]))
+            sums = [
+                torch.mul(grad, v, out=product).sum(dim=(2, 3)) for v in values
+            ]
             grad_coef = torch.stack(sums, dim=-1).to(coef.dtype)  # [N, C, S]
         if need[1]:
             acc = torch.promote_types(grad.dtype, torch.float32)
