@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import mmap
 import os
 import os.path as osp
 import subprocess
@@ -147,6 +148,31 @@ def test_time_interleaved_rotates_order():
     assert 'flops_ratio' not in variants['x']
 
 
+def test_time_interleaved_counts_fresh_pages():
+    """A call that touches 64 MiB of fresh memory faults in its pages; one
+    that touches none faults (almost) not at all."""
+    page = os.sysconf('SC_PAGE_SIZE')
+    size = 64 << 20
+
+    def fresh():
+        buf = mmap.mmap(-1, size)  # anonymous: new pages, none touched yet
+        for i in range(0, size, page):
+            buf[i] = 1
+        buf.close()
+
+    faults = {}
+    times = time_interleaved(
+        dict(fresh=fresh, idle=lambda: None),
+        0,
+        3,
+        torch.device('cpu'),
+        faults=faults)
+    assert {n: len(f) for n, f in faults.items()} == dict(fresh=3, idle=3)
+    assert all(f >= size // page for f in faults['fresh'])
+    assert max(faults['idle']) < size // page // 10
+    assert len(times['fresh']) == 3
+
+
 # --------------------------------------------------------------- benchmark
 def _hook_record(folder) -> dict:
     """A real round record for the shapes model that prunes some units."""
@@ -186,6 +212,9 @@ def test_benchmark_config_every_variant(tmp_path):
         assert info['train_ms'] > 0 and info['infer_ms'] > 0
         assert info['train_ratio'] == pytest.approx(info['train_ms'] /
                                                     v['plain']['train_ms'])
+        assert len(info['train_faults_all']) == len(info['train_ms_all'])
+        assert info['train_faults'] >= 0
+    assert 'allocator_env' in res['environment']
     assert v['plain']['units_total'] == 0
     assert v['dense']['units_kept'] == v['dense']['units_total'] > 0
     assert v['mask']['mask'] == record['mask']

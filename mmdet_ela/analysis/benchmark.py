@@ -15,11 +15,13 @@ Variants (same inputs, same seed):
 Each variant trains on one fixed synthetic batch (:class:`Workload`: forward,
 loss, backward, the config's own optimizer step) and runs inference
 (``mode='tensor'``: no post-processing); both are timed interleaved
-(:func:`time_interleaved`). Peak memory comes from the CUDA allocator, or on
+(:func:`time_interleaved`), with the minor page faults of every train step.
+Peak memory comes from the CUDA allocator, or on
 CPU from a fresh process per variant (:mod:`.memory`); FLOPs per image from
 :func:`count_flops`.
 """
 import dataclasses
+import statistics
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -120,10 +122,11 @@ def _time(s: BenchmarkSettings, works: Dict[str, Workload],
     """Train steps, then inference, each interleaved; medians into
     ``variants``."""
     device = torch.device(s.device)
+    faults: Dict[str, List[int]] = {}
     train = time_interleaved({
         n: w.train_step
         for n, w in works.items()
-    }, s.warmup, s.repeats, device)
+    }, s.warmup, s.repeats, device, faults)
     for w in works.values():
         w.model.eval()
     infer = time_interleaved({
@@ -136,6 +139,9 @@ def _time(s: BenchmarkSettings, works: Dict[str, Workload],
         variants[name].update(fields)
     for name, fields in summarize(infer, 'infer').items():
         variants[name].update(fields)
+    for name, counts in faults.items():
+        variants[name]['train_faults'] = statistics.median(counts)
+        variants[name]['train_faults_all'] = counts
 
 
 def _memory(s: BenchmarkSettings, works: Dict[str, Workload],

@@ -19,7 +19,14 @@ COLUMNS = (
     ('peak MB', 'peak_mem_mb', '.0f', 1),
     ('x plain', 'peak_mem_ratio', '.3f', 1),
     ('step MB', 'step_rss_mb', '.0f', 1),
+    ('faults/step', 'train_faults', '.0f', 1),
 )
+
+#: Environment variables that change the C allocator's behaviour (and with
+#: it how often a CPU step faults in fresh pages): recorded with the results.
+ALLOCATOR_ENV = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_ARENA_MAX',
+                 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
+                 'MALLOC_CONF')
 
 
 def available_cores() -> int:
@@ -42,7 +49,11 @@ def environment(device: torch.device) -> Dict[str, Any]:
         platform=platform.platform(),
         cpu=platform.processor() or platform.machine(),
         cpu_cores_available=available_cores(),
-        torch_threads=torch.get_num_threads())
+        torch_threads=torch.get_num_threads(),
+        allocator_env={
+            k: os.environ[k]
+            for k in ALLOCATOR_ENV if os.environ.get(k)
+        })
     if torch.device(device).type == 'cuda':
         env['device_name'] = torch.cuda.get_device_name(device)
     else:
@@ -100,6 +111,12 @@ def format_results(results: Mapping[str, Any]) -> str:
         f'torch {env["torch"]}',
         format_table(results['variants'])
     ]
+    if env.get('allocator_env'):
+        lines.append('allocator: ' + ' '.join(
+            f'{k}={v}' for k, v in env['allocator_env'].items()))
+    if any('train_faults' in v for v in results['variants'].values()):
+        lines.append('faults/step: minor page faults of one train step '
+                     '(median), i.e. fresh memory pages it touched')
     if results.get('memory_method'):
         lines.append(f'peak memory: {results["memory_method"]}')
     if results.get('flops'):

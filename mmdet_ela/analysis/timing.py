@@ -5,16 +5,23 @@ of the machine (another job, thermal throttling) land on one variant only.
 :func:`time_interleaved` runs them round-robin instead, rotating the variant
 that goes first every round, and returns every repeat; :func:`summarize`
 reduces them to medians and :func:`add_ratios` to ratios against a baseline.
+
+On CPU, a step's time also depends on how many fresh memory pages it touches:
+the C allocator hands large freed blocks back to the operating system, and
+using them again costs a page fault per page. :func:`time_interleaved` can
+count those minor page faults per call (:func:`minor_faults`), so a slow
+variant shows whether it computed more or faulted more.
 """
 import statistics
 import time
-from typing import Callable, Dict, List, Mapping, MutableMapping, Sequence
+from typing import (Callable, Dict, List, Mapping, MutableMapping, Optional,
+                    Sequence)
 
 import torch
 
 __all__ = [
-    'RATIO_FIELDS', 'synchronize', 'time_interleaved', 'median_ms',
-    'summarize', 'add_ratios'
+    'RATIO_FIELDS', 'synchronize', 'minor_faults', 'time_interleaved',
+    'median_ms', 'summarize', 'add_ratios'
 ]
 
 #: ``(field, ratio field)`` pairs that :func:`add_ratios` divides by the
@@ -31,9 +38,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], None]], warmup: int,
-                     repeats: int,
-                     device: torch.device) -> Dict[str, List[float]]:
+def minor_faults() -> Optional[int]:
+    """Minor page faults of this process so far (``getrusage``); None where
+    the platform does not count them."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_interleaved(
+        fns: Mapping[str, Callable[[], None]],
+        warmup: int,
+        repeats: int,
+        device: torch.device,
+        faults: Optional[Dict[str, List[int]]] = None
+) -> Dict[str, List[float]]:
     """Time every function ``repeats`` times, round-robin.
 
     In round r (warm-up rounds included) the functions run in their dict
@@ -45,6 +66,9 @@ def time_interleaved(fns: Mapping[str, Callable[[], None]], warmup: int,
         warmup (int): untimed rounds first (>= 0).
         repeats (int): timed rounds (>= 1).
         device (torch.device): synchronised around every call.
+        faults (dict, optional): if given, the minor page faults of every
+            timed call are appended to ``faults[name]`` (nothing where
+            :func:`minor_faults` is None). Default: None.
 
     Returns:
         dict[str, list[float]]: seconds of every timed call, by name.
@@ -58,14 +82,18 @@ def time_interleaved(fns: Mapping[str, Callable[[], None]], warmup: int,
             fns[names[(r + k) % len(names)]]()
     synchronize(device)
     times: Dict[str, List[float]] = {n: [] for n in names}
+    count = faults is not None and minor_faults() is not None
     for r in range(warmup, warmup + repeats):
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
             synchronize(device)
+            before = minor_faults() if count else 0
             start = time.perf_counter()
             fns[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
+            if count:
+                faults.setdefault(name, []).append(minor_faults() - before)
     return times
 
 
