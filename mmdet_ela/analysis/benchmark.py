@@ -36,7 +36,7 @@ from .flops import EXTRA_FLOP_OPS, FLOP_CONVENTION, count_flops
 from .memory import cuda_step_peak_mb, run_children
 from .report import environment
 from .settings import ebqm_defaults
-from .timing import add_ratios, summarize, time_interleaved
+from .timing import FaultCounts, add_ratios, summarize, time_interleaved
 from .variants import fit_backbone_masks
 from .workload import Workload, synthetic_batch
 
@@ -122,7 +122,7 @@ def _time(s: BenchmarkSettings, works: Dict[str, Workload],
     """Train steps, then inference, each interleaved; medians into
     ``variants``."""
     device = torch.device(s.device)
-    faults: Dict[str, List[int]] = {}
+    faults: FaultCounts = {}
     train = time_interleaved({
         n: w.train_step
         for n, w in works.items()

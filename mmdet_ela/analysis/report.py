@@ -111,9 +111,10 @@ def format_results(results: Mapping[str, Any]) -> str:
         f'torch {env["torch"]}',
         format_table(results['variants'])
     ]
-    if env.get('allocator_env'):
-        lines.append('allocator: ' + ' '.join(
-            f'{k}={v}' for k, v in env['allocator_env'].items()))
+    allocator = env.get('allocator_env') or {}
+    if allocator:
+        pairs = [f'{k}={v}' for k, v in allocator.items()]
+        lines.append('allocator: ' + ' '.join(pairs))
     if any('train_faults' in v for v in results['variants'].values()):
         lines.append('faults/step: minor page faults of one train step '
                      '(median), i.e. fresh memory pages it touched')

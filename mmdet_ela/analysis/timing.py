@@ -38,6 +38,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: Minor page faults of every timed call, by workload name.
+FaultCounts = Dict[str, List[int]]
+
+
 def minor_faults() -> Optional[int]:
     """Minor page faults of this process so far (``getrusage``); None where
     the platform does not count them."""
@@ -53,8 +57,7 @@ def time_interleaved(
         warmup: int,
         repeats: int,
         device: torch.device,
-        faults: Optional[Dict[str, List[int]]] = None
-) -> Dict[str, List[float]]:
+        faults: Optional[FaultCounts] = None) -> Dict[str, List[float]]:
     """Time every function ``repeats`` times, round-robin.
 
     In round r (warm-up rounds included) the functions run in their dict
