@@ -16,9 +16,8 @@ Each variant trains on one fixed synthetic batch (:class:`Workload`: forward,
 loss, backward, the config's own optimizer step) and runs inference
 (``mode='tensor'``: no post-processing); both are timed interleaved
 (:func:`time_interleaved`), with the minor page faults of every train step.
-Peak memory comes from the CUDA allocator, or on
-CPU from a fresh process per variant (:mod:`.memory`); FLOPs per image from
-:func:`count_flops`.
+Peak memory comes from the CUDA allocator, or on CPU from a fresh process per
+variant (:mod:`.memory`); FLOPs per image from :func:`count_flops`.
 """
 import dataclasses
 import statistics
