@@ -51,6 +51,26 @@ class DepthwiseConvSplitBackward(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
+def summed_products(grad: Tensor, values: List[Tensor],
+                    dims: tuple) -> List[Tensor]:
+    """``[(grad * v).sum(dims) for v in values]``, the products in one buffer.
+
+    On CPU, a fresh full-size temporary per value is handed back to the
+    system by the C allocator and faulted in again, page by page; one shared
+    buffer avoids that. Same results as the plain expression.
+
+    Args:
+        grad (Tensor): e.g. [N, C, H, W].
+        values (list[Tensor]): tensors of ``grad``'s shape.
+        dims (tuple[int]): the dimensions summed.
+
+    Returns:
+        list[Tensor]: one sum per value.
+    """
+    product = torch.empty_like(grad, dtype=torch.result_type(grad, values[0]))
+    return [torch.mul(grad, v, out=product).sum(dim=dims) for v in values]
+
+
 def mix_values(attn: Tensor, values: List[Tensor]) -> Tensor:
     """``out = sum_s attn[:, :, s] * values[s]`` per head, accumulated in
     place.
@@ -103,14 +123,9 @@ class WeightedSumOverMemory(torch.autograd.Function):
         weights = attn.view(n, g, -1, 1, 1, 1)
         grad_attn = None
         if ctx.needs_input_grad[0]:
-            # One buffer for every product, as in AffineMix.
-            product = torch.empty_like(
-                grad, dtype=torch.result_type(grad, values[0]))
-            sums = [
-                torch.mul(grad, v.unflatten(1, (g, d)),
-                          out=product).sum(dim=(2, 3, 4)) for v in values
-            ]
-            grad_attn = torch.stack(sums, dim=-1)  # [N, G, S]
+            heads = [v.unflatten(1, (g, d)) for v in values]
+            grad_attn = torch.stack(
+                summed_products(grad, heads, (2, 3, 4)), dim=-1)  # [N, G, S]
         grad_values = [(grad * weights[:, :, s]).flatten(1, 2)
                        if ctx.needs_input_grad[s + 1] else None
                        for s in range(len(values))]
@@ -147,11 +162,9 @@ class AffineMix(torch.autograd.Function):
     """:func:`affine_mix` with a hand-written backward.
 
     Backward makes one pass per value for its gradient (``grad * coef_s``),
-    one product and sum per value for the weight gradient (the products
-    share one buffer: on CPU, a fresh [N, C, H, W] temporary per value is
-    handed back to the system by the C allocator and faulted in again, page
-    by page), one read for the bias gradient, and passes ``grad`` on to ``x``
-    without a copy. Not twice differentiable.
+    one product and sum per value for the weight gradient (in one buffer,
+    :func:`summed_products`), one read for the bias gradient, and passes
+    ``grad`` on to ``x`` without a copy. Not twice differentiable.
     """
 
     @staticmethod
@@ -170,12 +183,7 @@ class AffineMix(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_coef = grad_bias = grad_x = None
         if need[0]:
-            # One buffer for every product grad * v_s (see the docstring).
-            product = torch.empty_like(
-                grad, dtype=torch.result_type(grad, values[0]))
-            sums = [
-                torch.mul(grad, v, out=product).sum(dim=(2, 3)) for v in values
-            ]
+            sums = summed_products(grad, values, (2, 3))
             grad_coef = torch.stack(sums, dim=-1).to(coef.dtype)  # [N, C, S]
         if need[1]:
             acc = torch.promote_types(grad.dtype, torch.float32)
