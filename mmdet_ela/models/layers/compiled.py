@@ -15,18 +15,18 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .ops import channel_convs
 
 #: Graphs allowed for :func:`affine_attend` (torch's default of 8 is fewer
 #: than the memory lengths x sizes x grad modes of one detector).
 RECOMPILE_LIMIT = 64
 
 
-def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
-                  key_weight: Tensor, gamma: Tensor, beta: Tensor,
-                  scale: Optional[Tensor], keys: List[Tensor],
-                  values: List[Tensor],
+def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
+                  gamma: Tensor, beta: Tensor, scale: Optional[Tensor],
+                  keys: List[Tensor], values: List[Tensor],
                   dim_per_head: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Z = X + beta + sum_s (gamma * A[s]) * V_s, with its query and key.
 
@@ -35,7 +35,8 @@ def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
         value (Tensor): this unit's value V, [N, C, h, w] (``x`` itself
             without a value convolution; h = ceil(H / 2) with a value stride
             of 2: the sum is upsampled, nearest, before the residual add).
-        query_weight, key_weight (Tensor): the 1-D convolutions, [1, 1, k].
+        query_key_weights (Tensor): the query's and the key's 1-D
+            convolutions, [2, k] (:func:`.ops.channel_convs`).
         gamma, beta (Tensor): the affine output, [C].
         scale (Tensor, optional): drop-path scale per sample, [N, 1].
         keys (list[Tensor]): the memory's keys, each [N, G, d].
@@ -49,10 +50,10 @@ def affine_attend(x: Tensor, value: Tensor, query_weight: Tensor,
     """
     n, c, h, w = x.shape
     d = dim_per_head
-    pad = query_weight.shape[-1] // 2
-    y = (x.sum(dim=(2, 3)) / (h * w)).unsqueeze(1)  # [N, 1, C]
-    query = F.conv1d(y, query_weight, padding=pad).view(n, c // d, d)
-    key = F.conv1d(y, key_weight, padding=pad).view(n, c // d, d)
+    y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
+    query_key = channel_convs(y, query_key_weights)  # [N, 2, C]
+    query = query_key[:, 0].reshape(n, c // d, d)
+    key = query_key[:, 1].reshape(n, c // d, d)
     all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
     logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
     attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]

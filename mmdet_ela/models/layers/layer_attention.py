@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, WeightedSumOverMemory,
-                  affine_mix, mix_values)
+                  affine_mix, channel_convs, mix_values)
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -474,6 +474,12 @@ class LayerAttention(BaseModule):
         memory.append(key, value)
         return z
 
+    def query_key_weights(self) -> Tensor:
+        """The query's and the key's kernels, [2, k] (``query`` and ``key``
+        stay ``Conv1d`` modules: their parameters and names are the
+        unit's)."""
+        return torch.cat([self.query.weight, self.key.weight]).flatten(1)
+
     def _value(self, x: Tensor) -> Tensor:
         """v = dwconv3x3(x) (stride ``value_stride``), or without a value
         convolution x itself, 2 x 2 average-pooled (ceil mode) at stride 2;
@@ -504,9 +510,10 @@ class LayerAttention(BaseModule):
             return self._compiled_attend(x, keys, values)
         # GAP as sum / (H W): same values as mean, but its backward is a
         # broadcast view, not a materialised [N, C, H, W] tensor.
-        y = (x.sum(dim=(2, 3)) / (h * w)).unsqueeze(1)  # [N, 1, C]
-        query = self.query(y).view(n, g, d)
-        key = self.key(y).view(n, g, d)
+        y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
+        query_key = channel_convs(y, self.query_key_weights())  # [N, 2, C]
+        query = query_key[:, 0].view(n, g, d)
+        key = query_key[:, 1].view(n, g, d)
         value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
@@ -541,8 +548,8 @@ class LayerAttention(BaseModule):
             keep = 1.0 - rate
             scale = (keep + torch.rand(
                 x.shape[0], 1, device=x.device)).floor_() / keep  # [N, 1]
-        z, key, attn = compiled_affine_attend(x, value, self.query.weight,
-                                              self.key.weight,
+        z, key, attn = compiled_affine_attend(x, value,
+                                              self.query_key_weights(),
                                               self.norm.weight, self.norm.bias,
                                               scale, list(keys), values,
                                               self.dim_per_head)

@@ -71,6 +71,26 @@ def summed_products(grad: Tensor, values: List[Tensor],
     return [torch.mul(grad, v, out=product).sum(dim=dims) for v in values]
 
 
+def channel_convs(y: Tensor, weights: Tensor) -> Tensor:
+    """ECA's 1-D convolutions along the channels, K kernels in one product.
+
+    Same maths as ``F.conv1d(y[:, None], weights[:, None], padding=k // 2)``
+    (zero padding, no bias), as a product of the kernels with the windows of
+    the padded ``y`` (a view): one op forward and backward for the query and
+    the key together, 2-3x faster on CPU than two ``conv1d`` calls.
+
+    Args:
+        y (Tensor): [N, C], e.g. GAP of the block output.
+        weights (Tensor): [K, k], k odd.
+
+    Returns:
+        Tensor: [N, K, C].
+    """
+    k = weights.shape[-1]
+    windows = F.pad(y, (k // 2, k // 2)).unfold(-1, k, 1)  # [N, C, k]
+    return torch.matmul(weights, windows.transpose(1, 2))
+
+
 def mix_values(attn: Tensor, values: List[Tensor]) -> Tensor:
     """``out = sum_s attn[:, :, s] * values[s]`` per head, accumulated in
     place.
@@ -145,17 +165,17 @@ def affine_mix(coef: Tensor,
         x (Tensor, optional): [N, C, H, W], added as is. Default: None.
 
     Returns:
-        Tensor: [N, C, H, W]. One pass per value (and one for ``x``): the
-        first product is written over the broadcast bias, the others are
-        accumulated in place.
+        Tensor: [N, C, H, W]. One pass per value and one for the bias: the
+        first product is written over ``x`` (or alone), the others and the
+        bias are accumulated in place. (``addcmul`` over the broadcast bias
+        is more than twice as slow on CPU as over a full-size ``x``.)
     """
-    out = torch.addcmul(bias[..., None, None], values[-1], coef[:, :, -1, None,
-                                                                None])
+    last = coef[:, :, -1, None, None]
+    out = values[-1] * last if x is None else torch.addcmul(
+        x, values[-1], last)
     for s, v in enumerate(values[:-1]):
         out.addcmul_(v, coef[:, :, s, None, None])
-    if x is not None:
-        out.add_(x)
-    return out
+    return out.add_(bias[..., None, None])
 
 
 class AffineMix(torch.autograd.Function):
