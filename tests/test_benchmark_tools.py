@@ -15,6 +15,7 @@ import torch
 from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
+from mmdet_ela.analysis.op_costs import op_costs, op_deltas
 from mmdet_ela.analysis.settings import ebqm_defaults
 from mmdet_ela.analysis.timing import add_ratios, time_interleaved
 from mmdet_ela.analysis.variants import (ELA_ONLY_ARGS, PLAIN_TYPES,
@@ -173,6 +174,36 @@ def test_time_interleaved_counts_fresh_pages():
     assert len(times['fresh']) == 3
 
 
+def test_op_costs_attribute_the_extra_ops():
+    """Per call: each op with the shape of its first tensor, counted in
+    calls; op_deltas lists what one call runs beyond the other's."""
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+
+    def base():
+        torch.mm(a, b)
+
+    def more():
+        torch.mm(a, b).relu()
+        torch.mm(a, b)
+        torch.add(a, 1)
+
+    costs = op_costs(dict(base=base, more=more), 2, torch.device('cpu'))
+    mm = ('aten.mm.default', (64, 32))
+    assert costs['base'][mm]['calls'] == 1 and costs['more'][mm]['calls'] == 2
+    assert costs['more'][('aten.relu.default', (64, 16))]['calls'] == 1
+    assert all(c['ms'] >= 0 for c in costs['more'].values())
+    rows = {
+        (r['op'], tuple(r['shape'])): r
+        for r in op_deltas(costs, 'more', base='base')
+    }
+    assert rows[mm]['extra_calls'] == 1
+    add = rows[('aten.add.Tensor', (64, 32))]
+    assert add['extra_calls'] == 1 and add['base_ms'] == 0
+    assert len(op_deltas(costs, 'more', base='base', top=2)) == 2
+    with pytest.raises(ValueError, match='rounds=0'):
+        op_costs(dict(base=base), 0, torch.device('cpu'))
+
+
 # --------------------------------------------------------------- benchmark
 def _hook_record(folder) -> dict:
     """A real round record for the shapes model that prunes some units."""
@@ -200,7 +231,8 @@ def test_benchmark_config_every_variant(tmp_path):
     res = bench.main([
         SHAPES_CONFIG, *TINY_BENCH, '--memory', 'none', '--mask', path,
         '--out', out, '--plot', png, '--alt-options',
-        'model.backbone.attn_value_stride=2', 'model.neck.attn_value_stride=2'
+        'model.backbone.attn_value_stride=2', 'model.neck.attn_value_stride=2',
+        '--op-costs', '1'
     ])
     v = res['variants']
     assert list(v) == ['plain', 'dense', 'alt', 'pruned', 'mask']
@@ -215,6 +247,11 @@ def test_benchmark_config_every_variant(tmp_path):
         assert len(info['train_faults_all']) == len(info['train_ms_all'])
         assert info['train_faults'] >= 0
     assert 'allocator_env' in res['environment']
+    ops = res['op_costs']
+    assert list(ops['top']) == ['dense', 'alt', 'pruned', 'mask']
+    assert all(ms > 0 for ms in ops['step_op_ms'].values())
+    # the units' ops (e.g. the value convolution) run in dense, not plain
+    assert any(r['extra_calls'] > 0 for r in ops['top']['dense'])
     assert v['plain']['units_total'] == 0
     assert v['dense']['units_kept'] == v['dense']['units_total'] > 0
     assert v['mask']['mask'] == record['mask']

@@ -61,6 +61,8 @@ class BenchmarkSettings:
         mask (str, optional): the ``mask`` variant's source.
         variants (tuple[str]): which of :data:`VARIANTS` to run.
         memory (str): ``'cuda'``, ``'subprocess'`` or ``'none'``.
+        op_costs (int): rounds of train steps timed op by op
+            (:mod:`.op_costs`); 0 = none.
     """
     config: Optional[str] = None
     cfg_options: Optional[dict] = None
@@ -86,6 +88,7 @@ class BenchmarkSettings:
     variants: Tuple[str, ...] = ('plain', 'dense', 'pruned')
     memory: str = 'none'
     flops: bool = True
+    op_costs: int = 0
 
 
 @dataclasses.dataclass

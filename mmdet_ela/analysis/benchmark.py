@@ -17,7 +17,9 @@ loss, backward, the config's own optimizer step) and runs inference
 (``mode='tensor'``: no post-processing); both are timed interleaved
 (:func:`time_interleaved`), with the minor page faults of every train step.
 Peak memory comes from the CUDA allocator, or on CPU from a fresh process per
-variant (:mod:`.memory`); FLOPs per image from :func:`count_flops`.
+variant (:mod:`.memory`); FLOPs per image from :func:`count_flops`. With
+``op_costs`` rounds, the train steps run once more op by op
+(:mod:`.op_costs`), and the ops that grew most against plain are listed.
 """
 import dataclasses
 import statistics
@@ -33,6 +35,7 @@ from .bench_config import (LABELS, SCORE_SEED, VARIANTS, BenchmarkSettings,
                            model_setup)
 from .flops import EXTRA_FLOP_OPS, FLOP_CONVENTION, count_flops
 from .memory import cuda_step_peak_mb, run_children
+from .op_costs import op_costs, op_deltas
 from .report import environment
 from .settings import ebqm_defaults
 from .timing import FaultCounts, add_ratios, summarize, time_interleaved
@@ -143,6 +146,24 @@ def _time(s: BenchmarkSettings, works: Dict[str, Workload],
         variants[name]['train_faults_all'] = counts
 
 
+def _op_costs(s: BenchmarkSettings,
+              works: Dict[str, Workload]) -> Optional[Dict[str, Any]]:
+    """Each variant's train step op by op: the ops that grew most against
+    plain, and the op time of a step."""
+    if not s.op_costs:
+        return None
+    costs = op_costs({
+        n: w.train_step
+        for n, w in works.items()
+    }, s.op_costs, torch.device(s.device))
+    return dict(
+        rounds=s.op_costs,
+        step_op_ms={n: sum(c['ms'] for c in costs[n].values())
+                    for n in works},
+        top={n: op_deltas(costs, n)
+             for n in works if n != 'plain'})
+
+
 def _memory(s: BenchmarkSettings, works: Dict[str, Workload],
             masks: Dict[str, Optional[dict]],
             variants: Dict[str, dict]) -> Optional[str]:
@@ -207,6 +228,7 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
         for name, w in works.items()
     }
     _time(s, works, variants)
+    ops = _op_costs(s, works)
     memory_method = _memory(s, works, masks, variants)
     add_ratios(variants, 'plain')
     flops = dict(per='image (batch 1, eval mode, mode="tensor")',
@@ -223,4 +245,5 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
         ebqm=ebqm,
         memory_method=memory_method,
         flops=flops,
+        op_costs=ops,
         notes=notes)

@@ -1,7 +1,7 @@
 """What a benchmark prints: the environment and the comparison table."""
 import os
 import platform
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -99,6 +99,33 @@ def _pruned_units(ebqm: Mapping[str, Any]) -> str:
             f' (fit {ebqm["fit_method"]}, quantile {ebqm["quantile"]})')
 
 
+#: Rows of each variant's op table that :func:`format_op_costs` prints.
+OP_ROWS = 10
+
+
+def format_op_costs(ops: Mapping[str, Any],
+                    variants: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """Per variant, the ops whose time per train step grew most against
+    plain (``results['op_costs']``)."""
+    plain_ms = ops['step_op_ms']['plain']
+    lines = [
+        f'ops timed one by one ({ops["rounds"]} round(s); slower than the '
+        f'steps above): plain {plain_ms:.0f} ms per step'
+    ]
+    for name, rows in ops['top'].items():
+        ms = ops['step_op_ms'][name]
+        lines.append(f'{variants[name]["label"]}: {ms:.0f} ms per step '
+                     f'(+{ms - plain_ms:.0f}); the ops that grew most:')
+        lines.append('  extra ms  ms / plain ms  extra calls  extra faults  '
+                     'op  [shape of the first tensor]')
+        for r in rows[:OP_ROWS]:
+            lines.append(f'  {r["extra_ms"]:8.1f}  {r["ms"]:6.1f} / '
+                         f'{r["base_ms"]:6.1f}  {r["extra_calls"]:11.0f}  '
+                         f'{r["extra_faults"]:12.0f}  {r["op"]}  '
+                         f'{r["shape"]}')
+    return lines
+
+
 def format_results(results: Mapping[str, Any]) -> str:
     """The header line, the table and the notes of a benchmark's results."""
     s, env = results['settings'], results['environment']
@@ -126,6 +153,8 @@ def format_results(results: Mapping[str, Any]) -> str:
                      'not counted: ' +
                      (', '.join(f'{k} (x{v})'
                                 for k, v in missing.items()) or 'none'))
+    if results.get('op_costs'):
+        lines += format_op_costs(results['op_costs'], results['variants'])
     lines += [f'note: {n}' for n in results['notes']]
     if results.get('ebqm'):
         lines.append(_pruned_units(results['ebqm']))

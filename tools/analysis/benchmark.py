@@ -116,6 +116,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='auto = cuda on CUDA, a process per variant on CPU')
     p.add_argument('--no-flops', action='store_true', help='skip FLOPs')
     p.add_argument(
+        '--op-costs',
+        type=int,
+        default=0,
+        metavar='ROUNDS',
+        help='then time ROUNDS more train steps per variant op by op, and '
+        'list the ops that grew most against plain (where the extra time '
+        'goes; default: 0, none)')
+    p.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -162,8 +170,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ('batch_size', 'repeats', 'threads', 'score_batches'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1')
-    if min(args.img_size) < 1 or args.warmup < 0:
-        p.error('--img-size must be >= 1 and --warmup >= 0')
+    if min(args.img_size) < 1 or args.warmup < 0 or args.op_costs < 0:
+        p.error('--img-size must be >= 1, --warmup and --op-costs >= 0')
     if args.memory == 'auto':
         args.memory = 'cuda' if args.device == 'cuda' else 'subprocess'
     if args.memory == 'cuda' and args.device != 'cuda':
@@ -196,7 +204,8 @@ def settings_of(args: argparse.Namespace) -> BenchmarkSettings:
         mask=args.mask,
         variants=tuple(args.variants),
         memory=args.memory,
-        flops=not args.no_flops)
+        flops=not args.no_flops,
+        op_costs=args.op_costs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -12,7 +12,8 @@
 #   bench_backbone    benchmark.py --model backbone --depth 50, 224, batch 4, CUDA, with
 #                     the half-resolution unit (attn_value_stride=2) as the alt variant
 #   bench_retinanet   benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
-#                     batch 2, --amp, variants plain dense alt (half resolution) pruned
+#                     batch 2, --amp, variants plain dense alt (half resolution) pruned,
+#                     then one round op by op (--op-costs 1: where the extra time goes)
 #   bench_backbone_bn, bench_retinanet_bn
 #                     the same two with the unit of mmdet-ela 0.1 (a BN output,
 #                     attn_norm_cfg=dict(type='BN'))
@@ -102,7 +103,7 @@ step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size
   --alt-options attn_value_stride=2
 step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \
   --device cuda --amp --variants plain dense alt pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json" \
-  --alt-options model.backbone.attn_value_stride=2
+  --op-costs 1 --alt-options model.backbone.attn_value_stride=2
 step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
   --cfg-options attn_norm_cfg.type=BN
