@@ -15,7 +15,7 @@ import torch
 from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
-from mmdet_ela.analysis.op_costs import op_costs, op_deltas
+from mmdet_ela.analysis.op_costs import op_costs, op_deltas, op_split
 from mmdet_ela.analysis.settings import ebqm_defaults
 from mmdet_ela.analysis.timing import add_ratios, time_interleaved
 from mmdet_ela.analysis.variants import (ELA_ONLY_ARGS, PLAIN_TYPES,
@@ -200,6 +200,16 @@ def test_op_costs_attribute_the_extra_ops():
     add = rows[('aten.add.Tensor', (64, 32))]
     assert add['extra_calls'] == 1 and add['base_ms'] == 0
     assert len(op_deltas(costs, 'more', base='base', top=2)) == 2
+    split = op_split(costs, 'more', base='base')
+    total = {n: sum(c['ms'] for c in costs[n].values()) for n in costs}
+    assert split['extra_calls_ms'] + split['slower_ms'] == pytest.approx(
+        total['more'] - total['base'])
+    # relu and add never run in base, and one of the two mm calls
+    own = sum(c['ms'] for k, c in costs['more'].items() if k != mm)
+    assert split['extra_calls_ms'] == pytest.approx(own +
+                                                    costs['more'][mm]['ms'] /
+                                                    2)
+    assert op_split(costs, 'base', base='more')['extra_calls_ms'] < 0
     with pytest.raises(ValueError, match='rounds=0'):
         op_costs(dict(base=base), 0, torch.device('cpu'))
 
@@ -250,6 +260,7 @@ def test_benchmark_config_every_variant(tmp_path):
     ops = res['op_costs']
     assert list(ops['top']) == ['dense', 'alt', 'pruned', 'mask']
     assert all(ms > 0 for ms in ops['step_op_ms'].values())
+    assert ops['split']['dense']['extra_calls_ms'] > 0
     # the units' ops (e.g. the value convolution) run in dense, not plain
     assert any(r['extra_calls'] > 0 for r in ops['top']['dense'])
     assert v['plain']['units_total'] == 0

@@ -35,7 +35,7 @@ from .bench_config import (LABELS, SCORE_SEED, VARIANTS, BenchmarkSettings,
                            model_setup)
 from .flops import EXTRA_FLOP_OPS, FLOP_CONVENTION, count_flops
 from .memory import cuda_step_peak_mb, run_children
-from .op_costs import op_costs, op_deltas
+from .op_costs import op_costs, op_deltas, op_split
 from .report import environment
 from .settings import ebqm_defaults
 from .timing import FaultCounts, add_ratios, summarize, time_interleaved
@@ -160,6 +160,8 @@ def _op_costs(s: BenchmarkSettings,
         rounds=s.op_costs,
         step_op_ms={n: sum(c['ms'] for c in costs[n].values())
                     for n in works},
+        split={n: op_split(costs, n)
+               for n in works if n != 'plain'},
         top={n: op_deltas(costs, n)
              for n in works if n != 'plain'})
 

@@ -4,8 +4,10 @@
 backward and the optimizer step) and counts the minor page faults inside it,
 keyed by the op and the shape of its first tensor argument. :func:`op_costs`
 runs the variants' train steps round-robin under it, as
-:func:`.timing.time_interleaved` does, and :func:`op_deltas` lists the ops
-whose time grew most against the baseline.
+:func:`.timing.time_interleaved` does, :func:`op_deltas` lists the ops
+whose time grew most against the baseline, and :func:`op_split` splits the
+extra time into the calls that the baseline does not make and the calls of
+both that got slower (e.g. by faulting in fresh pages).
 
 Timing ops one by one from Python slows small ops down (each op pays for the
 dispatch to this mode); compare the variants' rows with each other, not with
@@ -20,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .timing import minor_faults, synchronize
 
-__all__ = ['OpCosts', 'op_costs', 'op_deltas']
+__all__ = ['OpCosts', 'op_costs', 'op_deltas', 'op_split']
 
 #: An op's key: (aten op name, shape of its first tensor argument).
 OpKey = Tuple[str, Tuple[int, ...]]
@@ -127,3 +129,34 @@ def op_deltas(costs: Dict[str, Dict[OpKey, dict]],
                 extra_faults=c['faults'] - b['faults']))
     rows.sort(key=lambda r: -r['extra_ms'])
     return rows[:top]
+
+
+def op_split(costs: Dict[str, Dict[OpKey, dict]],
+             name: str,
+             base: str = 'plain') -> Dict[str, float]:
+    """Split ``name``'s extra op time per call over ``base``'s in two.
+
+    Per op key with c calls in ``name`` (t ms) and b in ``base``: the
+    ``max(c - b, 0)`` extra calls cost their share of t, less ``base``'s
+    share for its ``max(b - c, 0)`` calls that ``name`` does not make
+    (``extra_calls_ms``); the other ``min(b, c)`` calls cost their share of
+    t minus ``base``'s share for them (``slower_ms``, negative where they got
+    faster).
+
+    Returns:
+        dict: ``extra_calls_ms``, ``slower_ms``; their sum is the difference
+        of the two calls' op times.
+    """
+    zero = dict(ms=0.0, calls=0.0)
+    extra = slower = 0.0
+    for key in set(costs[name]) | set(costs[base]):
+        c = costs[name].get(key, zero)
+        b = costs[base].get(key, zero)
+        per_call = c['ms'] / c['calls'] if c['calls'] else 0.0
+        shared = min(b['calls'], c['calls'])
+        extra += per_call * max(c['calls'] - b['calls'], 0)
+        slower += per_call * shared - b['ms'] * (
+            shared / b['calls'] if b['calls'] else 0.0)
+        if b['calls'] > c['calls']:
+            extra -= b['ms'] * (b['calls'] - c['calls']) / b['calls']
+    return dict(extra_calls_ms=extra, slower_ms=slower)

@@ -113,9 +113,12 @@ def format_op_costs(ops: Mapping[str, Any],
         f'steps above): plain {plain_ms:.0f} ms per step'
     ]
     for name, rows in ops['top'].items():
-        ms = ops['step_op_ms'][name]
-        lines.append(f'{variants[name]["label"]}: {ms:.0f} ms per step '
-                     f'(+{ms - plain_ms:.0f}); the ops that grew most:')
+        ms, split = ops['step_op_ms'][name], ops['split'][name]
+        lines.append(
+            f'{variants[name]["label"]}: {ms:.0f} ms per step '
+            f'({ms - plain_ms:+.0f}: {split["extra_calls_ms"]:+.0f} in calls '
+            f'that plain does not make, {split["slower_ms"]:+.0f} in the '
+            'calls of both); the ops that grew most:')
         lines.append('  extra ms  ms / plain ms  extra calls  extra faults  '
                      'op  [shape of the first tensor]')
         for r in rows[:OP_ROWS]:
