@@ -12,7 +12,7 @@ from mmdet_ela.models import ELAFPN, ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
 from mmdet_ela.models.layers.ops import (AffineMix, DepthwiseConvSplitBackward,
                                          WeightedSumOverMemory, affine_mix,
-                                         channel_convs, mix_values)
+                                         mix_values)
 from mmdet_ela.pruning import attention_stacks
 
 LITE = dict(value_conv=False)  # the default affine output
@@ -60,17 +60,6 @@ def test_weighted_sum_and_depthwise_conv_gradients_match_autograd():
     torch.testing.assert_close(
         DepthwiseConvSplitBackward.apply(x, weight, *args),
         F.conv2d(x, weight, None, 1, 1, 1, 8))
-
-
-@pytest.mark.parametrize('channels, k', [(8, 3), (64, 5), (5, 7)])
-def test_channel_convs_match_conv1d(channels, k):
-    """The query and key kernels in one product equal two zero-padded
-    ``conv1d`` calls, values and gradients (kernels wider than C too)."""
-    torch.manual_seed(0)
-    y, weights = _double(3, channels), _double(2, k)
-    ref = F.conv1d(y[:, None], weights[:, None], padding=k // 2)
-    torch.testing.assert_close(channel_convs(y, weights), ref)
-    assert torch.autograd.gradcheck(channel_convs, (y, weights))
 
 
 def _reference_unit(unit, xs):

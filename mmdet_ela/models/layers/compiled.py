@@ -15,9 +15,8 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-
-from .ops import channel_convs
 
 #: Graphs allowed for :func:`affine_attend` (torch's default of 8 is fewer
 #: than the memory lengths x sizes x grad modes of one detector).
@@ -36,7 +35,7 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
             without a value convolution; h = ceil(H / 2) with a value stride
             of 2: the sum is upsampled, nearest, before the residual add).
         query_key_weights (Tensor): the query's and the key's 1-D
-            convolutions, [2, k] (:func:`.ops.channel_convs`).
+            convolutions as one weight, [2, 1, k].
         gamma, beta (Tensor): the affine output, [C].
         scale (Tensor, optional): drop-path scale per sample, [N, 1].
         keys (list[Tensor]): the memory's keys, each [N, G, d].
@@ -51,9 +50,10 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
     n, c, h, w = x.shape
     d = dim_per_head
     y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
-    query_key = channel_convs(y, query_key_weights)  # [N, 2, C]
-    query = query_key[:, 0].reshape(n, c // d, d)
-    key = query_key[:, 1].reshape(n, c // d, d)
+    pad = query_key_weights.shape[-1] // 2
+    query, key = F.conv1d(
+        y.unsqueeze(1), query_key_weights, padding=pad).unbind(1)
+    query, key = query.reshape(n, c // d, d), key.reshape(n, c // d, d)
     all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
     logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
     attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]

@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, WeightedSumOverMemory,
-                  affine_mix, channel_convs, mix_values)
+                  affine_mix, mix_values)
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -475,10 +475,20 @@ class LayerAttention(BaseModule):
         return z
 
     def query_key_weights(self) -> Tensor:
-        """The query's and the key's kernels, [2, k] (``query`` and ``key``
-        stay ``Conv1d`` modules: their parameters and names are the
-        unit's)."""
-        return torch.cat([self.query.weight, self.key.weight]).flatten(1)
+        """The query's and the key's kernels as one ``conv1d`` weight, [2, 1,
+        k] (``query`` and ``key`` stay ``Conv1d`` modules: their parameters
+        and names are the unit's)."""
+        return torch.cat([self.query.weight, self.key.weight])
+
+    def _query_key(self, y: Tensor) -> tuple:
+        """Query and key from GAP ``y`` ([N, C]) by one ``conv1d`` with two
+        output channels (one op forward and backward, not two); each [N, G,
+        d]."""
+        n, g, d = y.shape[0], self.num_heads, self.dim_per_head
+        pad = self.query.padding[0]
+        query, key = F.conv1d(
+            y.unsqueeze(1), self.query_key_weights(), padding=pad).unbind(1)
+        return query.view(n, g, d), key.view(n, g, d)
 
     def _value(self, x: Tensor) -> Tensor:
         """v = dwconv3x3(x) (stride ``value_stride``), or without a value
@@ -505,15 +515,13 @@ class LayerAttention(BaseModule):
     def _attend(self, x: Tensor, keys: List[Tensor],
                 values: List[Tensor]) -> tuple:
         n, c, h, w = x.shape
-        g, d = self.num_heads, self.dim_per_head
+        d = self.dim_per_head
         if self.compiled and not torch.jit.is_tracing():
             return self._compiled_attend(x, keys, values)
         # GAP as sum / (H W): same values as mean, but its backward is a
         # broadcast view, not a materialised [N, C, H, W] tensor.
         y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
-        query_key = channel_convs(y, self.query_key_weights())  # [N, 2, C]
-        query = query_key[:, 0].view(n, g, d)
-        key = query_key[:, 1].view(n, g, d)
+        query, key = self._query_key(y)  # [N, G, d] each
         value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
@@ -572,11 +580,11 @@ class LayerAttention(BaseModule):
             Tensor: [N, C, H, W]. At a lower resolution the sum is added to
             ``x`` by :func:`upsample_add`.
         """
-        n = x.shape[0]
+        n, g, s = attn.shape
         norm = self.norm
-        # [N, G, S] -> [N, C, S]: each head's weight for its d channels.
-        coef = attn.repeat_interleave(self.dim_per_head, dim=1)
-        coef = coef * norm.weight[:, None]
+        # [N, G, S] -> [N, C, S]: each head's weight for its d channels,
+        # times gamma, in one broadcast product ([N, G, d, S] viewed).
+        coef = (attn.unsqueeze(2) * norm.weight.view(g, -1, 1)).view(n, -1, s)
         bias = norm.bias[None]  # [1, C]
         rate = getattr(self.drop_path, 'drop_prob', 0.0)  # Identity: none
         if self.training and rate > 0:
