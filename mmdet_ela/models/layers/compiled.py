@@ -15,8 +15,9 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .ops import query_key
 
 #: Graphs allowed for :func:`affine_attend` (torch's default of 8 is fewer
 #: than the memory lengths x sizes x grad modes of one detector).
@@ -50,10 +51,7 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
     n, c, h, w = x.shape
     d = dim_per_head
     y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
-    pad = query_key_weights.shape[-1] // 2
-    query, key = F.conv1d(
-        y.unsqueeze(1), query_key_weights, padding=pad).unbind(1)
-    query, key = query.reshape(n, c // d, d), key.reshape(n, c // d, d)
+    query, key = query_key(y, query_key_weights, d)  # [N, G, d]
     all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
     logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
     attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]

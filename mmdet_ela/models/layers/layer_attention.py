@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, WeightedSumOverMemory,
-                  affine_mix, mix_values)
+                  affine_mix, mix_values, query_key)
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -480,16 +480,6 @@ class LayerAttention(BaseModule):
         and names are the unit's)."""
         return torch.cat([self.query.weight, self.key.weight])
 
-    def _query_key(self, y: Tensor) -> tuple:
-        """Query and key from GAP ``y`` ([N, C]) by one ``conv1d`` with two
-        output channels (one op forward and backward, not two); each [N, G,
-        d]."""
-        n, g, d = y.shape[0], self.num_heads, self.dim_per_head
-        pad = self.query.padding[0]
-        query, key = F.conv1d(
-            y.unsqueeze(1), self.query_key_weights(), padding=pad).unbind(1)
-        return query.view(n, g, d), key.view(n, g, d)
-
     def _value(self, x: Tensor) -> Tensor:
         """v = dwconv3x3(x) (stride ``value_stride``), or without a value
         convolution x itself, 2 x 2 average-pooled (ceil mode) at stride 2;
@@ -521,7 +511,7 @@ class LayerAttention(BaseModule):
         # GAP as sum / (H W): same values as mean, but its backward is a
         # broadcast view, not a materialised [N, C, H, W] tensor.
         y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
-        query, key = self._query_key(y)  # [N, G, d] each
+        query, key = query_key(y, self.query_key_weights(), d)  # [N, G, d]
         value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]

@@ -71,6 +71,25 @@ def summed_products(grad: Tensor, values: List[Tensor],
     return [torch.mul(grad, v, out=product).sum(dim=dims) for v in values]
 
 
+def query_key(y: Tensor, weights: Tensor, dim_per_head: int) -> tuple:
+    """Query and key from GAP ``y`` by one ``conv1d`` with two output
+    channels (one op forward and backward, not two).
+
+    Args:
+        y (Tensor): [N, C].
+        weights (Tensor): the query's and the key's kernels, [2, 1, k].
+        dim_per_head (int): d.
+
+    Returns:
+        tuple: query and key, each [N, G, d] with G = C // d.
+    """
+    n, c = y.shape
+    pad = weights.shape[-1] // 2
+    query, key = F.conv1d(y.unsqueeze(1), weights, padding=pad).unbind(1)
+    shape = (n, c // dim_per_head, dim_per_head)
+    return query.reshape(shape), key.reshape(shape)
+
+
 def mix_values(attn: Tensor, values: List[Tensor]) -> Tensor:
     """``out = sum_s attn[:, :, s] * values[s]`` per head, accumulated in
     place.
