@@ -16,8 +16,10 @@ from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
 from mmdet_ela.analysis.op_costs import op_costs, op_deltas, op_split
+from mmdet_ela.analysis.report import format_results
 from mmdet_ela.analysis.settings import ebqm_defaults
-from mmdet_ela.analysis.timing import add_ratios, time_interleaved
+from mmdet_ela.analysis.timing import (add_ratios, paired_ratios,
+                                       time_interleaved)
 from mmdet_ela.analysis.variants import (ELA_ONLY_ARGS, PLAIN_TYPES,
                                          build_model, drop_pretrained,
                                          plain_model_cfg)
@@ -149,6 +151,25 @@ def test_time_interleaved_rotates_order():
     assert 'flops_ratio' not in variants['x']
 
 
+def test_paired_ratios_divide_within_rounds():
+    """A slow round slows both variants; its ratio stays that of the
+    others, while the ratio of medians moves."""
+    times = dict(plain=[1.0, 1.0, 3.0, 1.0], x=[1.1, 1.2, 3.3, 1.1])
+    out = paired_ratios(times, 'plain', 'train')
+    assert list(out) == ['x']
+    x = out['x']
+    assert x['train_round_ratio_all'] == pytest.approx([1.1, 1.2, 1.1, 1.1])
+    assert x['train_round_ratio'] == pytest.approx(1.1)
+    low, high = x['train_round_ratio_iqr']
+    assert low == pytest.approx(1.1) and 1.1 < high <= 1.2
+    one = paired_ratios(dict(plain=[2.0], x=[3.0]), 'plain', 'infer')['x']
+    assert one['infer_round_ratio_iqr'] == [1.5, 1.5]
+    with pytest.raises(ValueError, match="base='p'"):
+        paired_ratios(times, 'p', 'train')
+    with pytest.raises(ValueError, match="'x' has 1 rounds"):
+        paired_ratios(dict(plain=[1.0, 2.0], x=[1.0]), 'plain', 'train')
+
+
 def test_time_interleaved_counts_fresh_pages():
     """A call that touches 64 MiB of fresh memory faults in its pages; one
     that touches none faults (almost) not at all."""
@@ -256,6 +277,12 @@ def test_benchmark_config_every_variant(tmp_path):
                                                     v['plain']['train_ms'])
         assert len(info['train_faults_all']) == len(info['train_ms_all'])
         assert info['train_faults'] >= 0
+    for info in list(v.values())[1:]:  # paired with plain round by round
+        low, high = info['train_round_ratio_iqr']
+        assert low <= info['train_round_ratio'] <= high
+        assert len(info['infer_round_ratio_all']) == len(info['infer_ms_all'])
+    assert 'train_round_ratio' not in v['plain']
+    assert 'rounds q1-q3' in format_results(res)
     assert 'allocator_env' in res['environment']
     ops = res['op_costs']
     assert list(ops['top']) == ['dense', 'alt', 'pruned', 'mask']

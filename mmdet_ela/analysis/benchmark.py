@@ -38,7 +38,8 @@ from .memory import cuda_step_peak_mb, run_children
 from .op_costs import op_costs, op_deltas, op_split
 from .report import environment
 from .settings import ebqm_defaults
-from .timing import FaultCounts, add_ratios, summarize, time_interleaved
+from .timing import (FaultCounts, add_ratios, paired_ratios, summarize,
+                     time_interleaved)
 from .variants import fit_backbone_masks
 from .workload import Workload, synthetic_batch
 
@@ -141,6 +142,9 @@ def _time(s: BenchmarkSettings, works: Dict[str, Workload],
         variants[name].update(fields)
     for name, fields in summarize(infer, 'infer').items():
         variants[name].update(fields)
+    for times, prefix in ((train, 'train'), (infer, 'infer')):
+        for name, fields in paired_ratios(times, 'plain', prefix).items():
+            variants[name].update(fields)
     for name, counts in faults.items():
         variants[name]['train_faults'] = statistics.median(counts)
         variants[name]['train_faults_all'] = counts

@@ -14,6 +14,7 @@ COLUMNS = (
     ('GFLOPs', 'flops', '.4g', 1e-9),
     ('train ms', 'train_ms', '.1f', 1),
     ('x plain', 'train_ratio', '.3f', 1),
+    ('rounds q1-q3', 'train_round_ratio_iqr', 'range', 1),
     ('infer ms', 'infer_ms', '.1f', 1),
     ('x plain', 'infer_ratio', '.3f', 1),
     ('peak MB', 'peak_mem_mb', '.0f', 1),
@@ -66,7 +67,11 @@ def _cell(info: Mapping[str, Any], field: Optional[str], fmt: Optional[str],
     if field is None:
         return f'{info["units_kept"]}/{info["units_total"]}'
     value = info.get(field)
-    return '-' if value is None else format(value * scale, fmt)
+    if value is None:
+        return '-'
+    if fmt == 'range':  # [low, high] ratios
+        return '-'.join(format(v * scale, '.3f') for v in value)
+    return format(value * scale, fmt)
 
 
 def format_table(variants: Mapping[str, Mapping[str, Any]]) -> str:
@@ -145,6 +150,10 @@ def format_results(results: Mapping[str, Any]) -> str:
     if allocator:
         pairs = [f'{k}={v}' for k, v in allocator.items()]
         lines.append('allocator: ' + ' '.join(pairs))
+    if any('train_round_ratio_iqr' in v for v in results['variants'].values()):
+        lines.append('rounds q1-q3: quartiles of the train step\'s ratio to '
+                     'plain, round by round (each step over plain\'s step '
+                     'of the same interleaved round)')
     if any('train_faults' in v for v in results['variants'].values()):
         lines.append('faults/step: minor page faults of one train step '
                      '(median), i.e. fresh memory pages it touched')

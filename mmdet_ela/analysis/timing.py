@@ -5,6 +5,9 @@ of the machine (another job, thermal throttling) land on one variant only.
 :func:`time_interleaved` runs them round-robin instead, rotating the variant
 that goes first every round, and returns every repeat; :func:`summarize`
 reduces them to medians and :func:`add_ratios` to ratios against a baseline.
+:func:`paired_ratios` divides each call by the baseline's call of the same
+round instead: a slow phase that lasts a round cancels out, and the spread of
+those ratios shows how far a single median ratio can be trusted.
 
 On CPU, a step's time also depends on how many fresh memory pages it touches:
 the C allocator hands large freed blocks back to the operating system, and
@@ -21,7 +24,7 @@ import torch
 
 __all__ = [
     'RATIO_FIELDS', 'synchronize', 'minor_faults', 'time_interleaved',
-    'median_ms', 'summarize', 'add_ratios'
+    'median_ms', 'summarize', 'add_ratios', 'paired_ratios'
 ]
 
 #: ``(field, ratio field)`` pairs that :func:`add_ratios` divides by the
@@ -145,3 +148,45 @@ def add_ratios(variants: MutableMapping[str, MutableMapping[str, object]],
         for field, ratio in fields:
             if info.get(field) is not None and reference.get(field):
                 info[ratio] = info[field] / reference[field]
+
+
+def paired_ratios(times: Mapping[str, Sequence[float]], base: str,
+                  prefix: str) -> Dict[str, Dict[str, object]]:
+    """Per-round ratios to ``base`` and their median and quartiles.
+
+    Round r of every workload is divided by round r of ``base`` (the calls
+    ran minutes apart at most, in the same round of
+    :func:`time_interleaved`).
+
+    Args:
+        times (Mapping[str, Sequence[float]]): seconds per call, by name,
+            as :func:`time_interleaved` returns them (equal lengths).
+        base (str): the baseline's name.
+        prefix (str): field prefix, e.g. ``'train'``.
+
+    Returns:
+        dict: ``{name: {prefix_round_ratio: median, prefix_round_ratio_iqr:
+        [q1, q3], prefix_round_ratio_all: [every round]}}`` for every name
+        but ``base``; with fewer than two rounds the quartiles are the one
+        ratio.
+    """
+    if base not in times:
+        raise ValueError(f'paired_ratios: base={base!r} is not one of '
+                         f'{list(times)}')
+    reference = times[base]
+    out: Dict[str, Dict[str, object]] = {}
+    for name, values in times.items():
+        if name == base:
+            continue
+        if len(values) != len(reference):
+            raise ValueError(f'paired_ratios: {name!r} has {len(values)} '
+                             f'rounds, {base!r} {len(reference)}')
+        ratios = [v / r for v, r in zip(values, reference)]
+        quartiles = statistics.quantiles(ratios, n=4, method='inclusive') \
+            if len(ratios) > 1 else [ratios[0]] * 3
+        out[name] = {
+            f'{prefix}_round_ratio': statistics.median(ratios),
+            f'{prefix}_round_ratio_iqr': [quartiles[0], quartiles[2]],
+            f'{prefix}_round_ratio_all': ratios
+        }
+    return out
