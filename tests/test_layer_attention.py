@@ -11,8 +11,8 @@ from mmdet.models import ResNet
 from mmdet_ela.models import ELAFPN, ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
 from mmdet_ela.models.layers.ops import (AffineMix, DepthwiseConvSplitBackward,
-                                         WeightedSumOverMemory, affine_mix,
-                                         mix_values)
+                                         ValueGradients, WeightedSumOverMemory,
+                                         affine_mix, mix_values)
 from mmdet_ela.pruning import attention_stacks
 
 LITE = dict(value_conv=False)  # the default affine output
@@ -31,7 +31,7 @@ def test_affine_mix_gradients_match_autograd(bias_rows, with_x):
     x = _double(2, 8, 5, 4) if with_x else None
 
     def fused(c, b, *v):
-        return AffineMix.apply(c, b, x, *v)
+        return AffineMix.apply(c, b, x, None, *v)
 
     assert torch.autograd.gradcheck(fused, (coef, bias, *values))
     out = fused(coef, bias, *values)
@@ -121,6 +121,49 @@ def test_unit_matches_plain_maths_and_gradients(norm, value_conv, value_stride,
     plain = torch.autograd.grad(_reference_unit(unit, xs), params, grads)
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('value_conv', [True, False])
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_chained_memory_sums_value_gradients_in_place(value_conv, with_cp,
+                                                      monkeypatch):
+    """Units that feed each other (as in a ResNet stage) sum the stored
+    values' gradients in place: the same gradients as an unchained memory,
+    one in-place share per (later unit, earlier value) pair."""
+    torch.manual_seed(0)
+    units = [
+        LayerAttention(
+            8, dim_per_head=4, value_conv=value_conv,
+            with_cp=with_cp).double() for _ in range(3)
+    ]
+    for unit in units:
+        torch.nn.init.normal_(unit.norm.weight)
+        torch.nn.init.normal_(unit.norm.bias)
+    block = torch.nn.Conv2d(8, 8, 3, padding=1).double()
+    shares = []
+    add = ValueGradients.add
+
+    def counted_add(self, index, grad, weight):
+        shares.append(index)
+        add(self, index, grad, weight)
+
+    monkeypatch.setattr(ValueGradients, 'add', counted_add)
+
+    def run(x, chained=True):
+        memory = LayerAttentionMemory(chained=chained)
+        for unit in units:
+            x = unit(torch.tanh(block(x)), memory)
+        return x
+
+    x = _double(2, 8, 5, 4)
+    inputs = [x] + [p for m in units + [block] for p in m.parameters()]
+    grad = torch.randn(2, 8, 5, 4, dtype=torch.double)
+    chained = torch.autograd.grad(run(x), inputs, grad)
+    assert sorted(shares) == [0, 0, 1]  # value 0 from units 1, 2; 1 from 2
+    plain = torch.autograd.grad(run(x, chained=False), inputs, grad)
+    for a, b in zip(chained, plain):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(run, (x, ))
 
 
 def test_lite_unit_is_identity_at_init_and_drop_path_drops_samples():

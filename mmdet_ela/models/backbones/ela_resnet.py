@@ -51,7 +51,7 @@ class ELAResLayer(BaseModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """[N, C_in, H, W] -> [N, C_out, H', W']."""
-        memory = LayerAttentionMemory()
+        memory = LayerAttentionMemory(chained=True)
         for i, block in enumerate(self):
             x = block(x)
             if self.attn is not None:

@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compiled import compiled_affine_attend
-from .ops import (AffineMix, DepthwiseConvSplitBackward, WeightedSumOverMemory,
-                  affine_mix, mix_values, query_key)
+from .ops import (AffineMix, DepthwiseConvSplitBackward, ValueGradients,
+                  WeightedSumOverMemory, affine_mix, mix_values, query_key)
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -138,15 +138,23 @@ class LayerAttentionMemory:
     A fresh memory is made at the first block of every stage (and for every
     neck pass).
 
+    Args:
+        chained (bool): the units feed each other (a ResNet stage: unit t's
+            input depends on every earlier unit's output). Their gradients
+            with respect to the stored values are then summed in place
+            (:class:`~.ops.ValueGradients`). Default: False.
+
     Attributes:
         keys (list[Tensor]): each [N, G, d].
         values (list[Tensor]): each [N, C, H_s, W_s]; sizes may differ along a
         pyramid.
+        value_grads (ValueGradients, optional): for a chained memory.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, chained: bool = False) -> None:
         self.keys: List[Tensor] = []
         self.values: List[Tensor] = []
+        self.value_grads = ValueGradients() if chained else None
 
     def append(self, key: Tensor, value: Tensor) -> None:
         self.keys.append(key)
@@ -468,9 +476,11 @@ class LayerAttention(BaseModule):
                 x,
                 list(memory.keys),
                 list(memory.values),
+                memory.value_grads,
                 use_reentrant=False)
         else:
-            z, key, value = self._attend(x, memory.keys, memory.values)
+            z, key, value = self._attend(x, memory.keys, memory.values,
+                                         memory.value_grads)
         memory.append(key, value)
         return z
 
@@ -502,8 +512,14 @@ class LayerAttention(BaseModule):
                                                     conv.dilation)
         return conv(x)
 
-    def _attend(self, x: Tensor, keys: List[Tensor],
-                values: List[Tensor]) -> tuple:
+    def _attend(self,
+                x: Tensor,
+                keys: List[Tensor],
+                values: List[Tensor],
+                value_grads: Optional[ValueGradients] = None) -> tuple:
+        """Z, this unit's key and value from ``x`` [N, C, H, W] and the
+        memory's ``keys`` and ``values`` (``value_grads``: see
+        :class:`LayerAttentionMemory`)."""
         n, c, h, w = x.shape
         d = self.dim_per_head
         if self.compiled and not torch.jit.is_tracing():
@@ -520,9 +536,12 @@ class LayerAttention(BaseModule):
         if self.recording:
             self.attention = attn.detach()
 
+        if any(v.shape[-2:] != value.shape[-2:] for v in values):
+            value_grads = None  # resized copies: not the stored tensors
         values = resize_values(values, value.shape[-2:]) + [value]
         if isinstance(self.norm, ChannelAffine):
-            return self._affine_output(x, attn, values), key, value
+            return self._affine_output(x, attn, values,
+                                       value_grads), key, value
         # Under autocast softmax runs in fp32: mix in the values' dtype so the
         # attention branch does not keep fp32 activations.
         attn = attn.to(value.dtype)
@@ -555,8 +574,11 @@ class LayerAttention(BaseModule):
             self.attention = attn.detach()
         return z, key, value
 
-    def _affine_output(self, x: Tensor, attn: Tensor,
-                       values: List[Tensor]) -> Tensor:
+    def _affine_output(self,
+                       x: Tensor,
+                       attn: Tensor,
+                       values: List[Tensor],
+                       value_grads: Optional[ValueGradients] = None) -> Tensor:
         """Z = X + DropPath(beta + sum_s (gamma * A[s]) * V_s) in one sum.
 
         Args:
@@ -565,6 +587,8 @@ class LayerAttention(BaseModule):
             values (list[Tensor]): S tensors [N, C, h, w] (h = H without a
                 value stride); the last is this unit's (``x`` itself without
                 a value convolution and stride).
+            value_grads (ValueGradients, optional): where a chain sums the
+                values' gradients (:class:`LayerAttentionMemory`).
 
         Returns:
             Tensor: [N, C, H, W]. At a lower resolution the sum is added to
@@ -590,7 +614,7 @@ class LayerAttention(BaseModule):
             coef = torch.cat([coef[:, :, :-1], coef[:, :, -1:] + 1], dim=-1)
             residual = None
         if _needs_backward(coef, *values):
-            out = AffineMix.apply(coef, bias, residual, *values)
+            out = AffineMix.apply(coef, bias, residual, value_grads, *values)
         else:
             out = affine_mix(coef, bias, values, residual)
         return out if full else upsample_add(x, out)

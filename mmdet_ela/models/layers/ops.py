@@ -6,7 +6,7 @@ full-size feature maps, forward and backward. The functions here remove passes
 that autograd's generic derivatives would make. Each has a test that compares
 its gradients with autograd's through plain ops.
 """
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -177,22 +177,71 @@ def affine_mix(coef: Tensor,
     return out.add_(bias[..., None, None])
 
 
+class ValueGradients:
+    """Gradients of a chain's stored values, summed in place by the units
+    that read them.
+
+    In a chain (the units of one ResNet stage), the output of unit s feeds
+    the blocks before every later unit, so autograd runs the backward of
+    every later unit t > s before that of unit s. A later unit adds its
+    share ``grad_t * coef_t[s]`` to value s's sum in place (one pass, no new
+    tensor); unit s adds its own share last and hands the whole sum to
+    autograd. Without it, every share is a fresh full-size tensor that
+    autograd then adds to the others: one more pass and one more allocation
+    per stored value and later unit. Not for a memory whose units do not
+    feed each other (the neck's levels).
+    """
+
+    def __init__(self) -> None:
+        self._sums: Dict[int, Tensor] = {}
+        self._task = None
+
+    def _current(self) -> Dict[int, Tensor]:
+        """The sums of the running backward pass. A new pass (``backward``
+        again with ``retain_graph``, or after a pass that stopped before
+        the first units) starts from none: no share is counted twice."""
+        task = torch._C._current_graph_task_id()
+        if task != self._task:
+            self._sums, self._task = {}, task
+        return self._sums
+
+    def add(self, index: int, grad: Tensor, weight: Tensor) -> None:
+        """Add ``grad * weight`` (e.g. [N, C, H, W] times [N, C, 1, 1]) to
+        value ``index``'s sum."""
+        total = self._current().get(index)
+        if total is None:
+            self._sums[index] = grad * weight
+        else:
+            total.addcmul_(grad, weight)
+
+    def take(self, index: int, grad: Tensor, weight: Tensor) -> Tensor:
+        """Value ``index``'s sum plus ``grad * weight``; the sum is handed
+        over (and forgotten here)."""
+        total = self._current().pop(index, None)
+        return grad * weight if total is None else total.addcmul_(grad, weight)
+
+
 class AffineMix(torch.autograd.Function):
     """:func:`affine_mix` with a hand-written backward.
 
     Backward makes one pass per value for its gradient (``grad * coef_s``),
     one product and sum per value for the weight gradient (in one buffer,
     :func:`summed_products`), one read for the bias gradient, and passes
-    ``grad`` on to ``x`` without a copy. Not twice differentiable.
+    ``grad`` on to ``x`` without a copy. With ``value_grads`` (a chain), the
+    gradients of the earlier values are summed in place there
+    (:class:`ValueGradients`): this unit returns only its own value's, with
+    the later units' shares in it. Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, coef, bias, x, *values):
+    def forward(ctx, coef, bias, x, value_grads, *values):
         """``coef`` [N, C, S], ``bias`` [B, C], ``x`` [N, C, H, W] or None,
-        S ``values`` [N, C, H, W] -> [N, C, H, W]."""
+        ``value_grads`` (:class:`ValueGradients` or None), S ``values`` [N,
+        C, H, W] (value s is memory entry s) -> [N, C, H, W]."""
         ctx.save_for_backward(coef, *values)
         ctx.bias_rows = bias.shape[0]
         ctx.bias_dtype = bias.dtype
+        ctx.value_grads = value_grads
         return affine_mix(coef, bias, list(values), x)
 
     @staticmethod
@@ -211,8 +260,17 @@ class AffineMix(torch.autograd.Function):
                 dim=dims, dtype=acc).view(ctx.bias_rows, -1).to(ctx.bias_dtype)
         if need[2]:
             grad_x = grad
-        grad_values = [
-            grad * coef[:, :, s, None, None] if need[s + 3] else None
-            for s in range(len(values))
-        ]
-        return (grad_coef, grad_bias, grad_x, *grad_values)
+        chain, last = ctx.value_grads, len(values) - 1
+        grad_values = []
+        for s in range(len(values)):
+            weight = coef[:, :, s, None, None]
+            if not need[s + 4]:
+                grad_values.append(None)
+            elif chain is None:
+                grad_values.append(grad * weight)
+            elif s < last:  # summed in place, handed over by unit s
+                chain.add(s, grad, weight)
+                grad_values.append(None)
+            else:
+                grad_values.append(chain.take(s, grad, weight))
+        return (grad_coef, grad_bias, grad_x, None, *grad_values)
