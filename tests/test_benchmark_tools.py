@@ -332,6 +332,22 @@ def test_benchmark_backbone_with_memory(tmp_path):
     assert 'fresh process' in res['memory_method']
 
 
+def test_unit_cost_times_chained_and_unchained(tmp_path):
+    tool = _load_tool('unit_cost')
+    out = str(tmp_path / 'unit_cost.json')
+    res = tool.main([
+        '--channels', '64', '--size', '8', '--units', '3', '--warmup', '0',
+        '--repeats', '3', '--threads', '1', '--out', out
+    ])
+    assert res['unchained_ms'] > 0 and res['chained_ms'] > 0
+    low, high = res['chained_to_unchained_iqr']
+    assert low <= res['chained_to_unchained'] <= high
+    with open(out) as f:
+        assert json.load(f)['shape'] == [2, 64, 8, 8]
+    with pytest.raises(SystemExit):
+        tool.main(['--units', '0'])
+
+
 def test_benchmark_bad_mask_is_clear(tmp_path):
     bench = _load_tool('benchmark')
     bad = tmp_path / 'mask.json'

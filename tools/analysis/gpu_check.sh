@@ -42,7 +42,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda unit_cost bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -98,6 +98,8 @@ env = dict(python=platform.python_version(), torch=torch.__version__,
            mmcv=mmcv.__version__, mmdet=mmdet.__version__, mmengine=mmengine.__version__)
 json.dump(env, open('$OUT_DIR/env.json', 'w'), indent=2); print(env)"
 step test_cuda 1 "$PY" -m pytest -q tests/test_cuda.py --junitxml="$OUT_DIR/test_cuda.xml"
+step unit_cost 1 "$PY" tools/analysis/unit_cost.py --channels 1024 --size 50 --units 6 \
+  --device cuda --out "$OUT_DIR/unit_cost_r50_layer3.json"
 step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50.json" \
   --alt-options attn_value_stride=2
