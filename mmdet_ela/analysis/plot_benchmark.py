@@ -1,5 +1,6 @@
 """Bar charts of a benchmark's results (``tools/analysis/benchmark.py``)."""
 import math
+import textwrap
 from typing import Any, Mapping
 
 from matplotlib.figure import Figure
@@ -21,7 +22,13 @@ def plot_benchmark(results: Mapping[str, Any]) -> Figure:
     """
     variants = results['variants']
     names = list(variants)
-    labels = [variants[n].get('label', n).replace(' (', '\n(') for n in names]
+    labels = [
+        textwrap.fill(
+            variants[n].get('label', n),
+            12,
+            break_long_words=False,
+            break_on_hyphens=False) for n in names
+    ]
     # On CPU the process peak RSS is mostly libraries: show the step's share.
     if any(v.get('step_rss_mb') is not None for v in variants.values()):
         memory = ('step_rss_mb', 'train-step RSS growth (MB)',
