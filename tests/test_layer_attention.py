@@ -159,11 +159,52 @@ def test_chained_memory_sums_value_gradients_in_place(value_conv, with_cp,
     inputs = [x] + [p for m in units + [block] for p in m.parameters()]
     grad = torch.randn(2, 8, 5, 4, dtype=torch.double)
     chained = torch.autograd.grad(run(x), inputs, grad)
-    assert sorted(shares) == [0, 0, 1]  # value 0 from units 1, 2; 1 from 2
+    # shares added to an earlier value's sum: value 0 from units 1 and 2,
+    # value 1 from unit 2 (each value's own unit takes the sum)
+    assert sorted(shares) == [0, 0, 1]
     plain = torch.autograd.grad(run(x, chained=False), inputs, grad)
     for a, b in zip(chained, plain):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(run, (x, ))
+
+
+def test_chained_memory_survives_a_nested_backward_and_guards_order():
+    """A backward pass run from a hook inside another (e.g. a user's
+    ``torch.autograd.grad``) keeps its own sums; a share that arrives after
+    its value's sum was handed on is an error, not a lost gradient."""
+    torch.manual_seed(0)
+    units = [LayerAttention(8, dim_per_head=4).double() for _ in range(3)]
+    for unit in units:
+        torch.nn.init.normal_(unit.norm.weight)
+    block = torch.nn.Conv2d(8, 8, 3, padding=1).double()
+    x0 = _double(2, 8, 5, 4)
+
+    def weight_grad(chained):
+        memory, holder = LayerAttentionMemory(chained=chained), []
+
+        def nested(grad):
+            if len(holder) == 1:  # once, not again inside its own pass
+                holder.append('nested')
+                torch.autograd.grad(
+                    holder[0], [units[0].value.weight], retain_graph=True)
+
+        x = x0
+        for i, unit in enumerate(units):
+            h = torch.tanh(block(x))
+            if i == 1:  # fires between the later units and unit 0
+                h.register_hook(nested)
+            x = unit(h, memory)
+        holder.append(x.sum())  # hooks run without grad mode
+        return torch.autograd.grad(
+            holder[0], [units[0].value.weight], retain_graph=True)[0]
+
+    torch.testing.assert_close(weight_grad(True), weight_grad(False))
+    sums = ValueGradients()
+    g, w = torch.ones(1, 2, 3, 3), torch.ones(1, 2, 1, 1)
+    sums.add(0, g, w)
+    torch.testing.assert_close(sums.take(0, g, w), 2 * g)
+    with pytest.raises(RuntimeError, match='chained=False'):
+        sums.add(0, g, w)
 
 
 def test_lite_unit_is_identity_at_init_and_drop_path_drops_samples():

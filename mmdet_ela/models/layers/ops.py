@@ -193,31 +193,41 @@ class ValueGradients:
     """
 
     def __init__(self) -> None:
-        self._sums: Dict[int, Tensor] = {}
-        self._task = None
+        # backward pass (graph task id) -> value index -> running sum; and
+        # the indices already handed over in that pass
+        self._sums: Dict[int, Dict[int, Tensor]] = {}
+        self._taken: Dict[int, set] = {}
 
-    def _current(self) -> Dict[int, Tensor]:
-        """The sums of the running backward pass. A new pass (``backward``
-        again with ``retain_graph``, or after a pass that stopped before
-        the first units) starts from none: no share is counted twice."""
+    def _pass(self) -> tuple:
+        """The sums and handed-over indices of the running backward pass.
+        Each pass has its own (``backward`` again with ``retain_graph``, or
+        ``torch.autograd.grad`` run from a hook inside another pass): no
+        share is counted twice or lost."""
         task = torch._C._current_graph_task_id()
-        if task != self._task:
-            self._sums, self._task = {}, task
-        return self._sums
+        return self._sums.setdefault(task,
+                                     {}), self._taken.setdefault(task, set())
 
     def add(self, index: int, grad: Tensor, weight: Tensor) -> None:
         """Add ``grad * weight`` (e.g. [N, C, H, W] times [N, C, 1, 1]) to
         value ``index``'s sum."""
-        total = self._current().get(index)
+        sums, taken = self._pass()
+        if index in taken:
+            raise RuntimeError(
+                f'ELA: a share of value {index}\'s gradient arrived after its '
+                'own unit handed the sum on: the units of this memory do '
+                'not feed each other; build it with chained=False')
+        total = sums.get(index)
         if total is None:
-            self._sums[index] = grad * weight
+            sums[index] = grad * weight
         else:
             total.addcmul_(grad, weight)
 
     def take(self, index: int, grad: Tensor, weight: Tensor) -> Tensor:
         """Value ``index``'s sum plus ``grad * weight``; the sum is handed
         over (and forgotten here)."""
-        total = self._current().pop(index, None)
+        sums, taken = self._pass()
+        taken.add(index)
+        total = sums.pop(index, None)
         return grad * weight if total is None else total.addcmul_(grad, weight)
 
 
