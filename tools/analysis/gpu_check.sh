@@ -98,8 +98,9 @@ env = dict(python=platform.python_version(), torch=torch.__version__,
            mmcv=mmcv.__version__, mmdet=mmdet.__version__, mmengine=mmengine.__version__)
 json.dump(env, open('$OUT_DIR/env.json', 'w'), indent=2); print(env)"
 step test_cuda 1 "$PY" -m pytest -q tests/test_cuda.py --junitxml="$OUT_DIR/test_cuda.xml"
-step unit_cost 1 "$PY" tools/analysis/unit_cost.py --channels 1024 --size 50 --units 6 \
-  --device cuda --out "$OUT_DIR/unit_cost_r50_layer3.json"
+# layer3 of R-50 at 1333x800 is 50x84; --size 64 gives about its area (square)
+step unit_cost 1 "$PY" tools/analysis/unit_cost.py --channels 1024 --size 64 --units 6 \
+  --device cuda --out "$OUT_DIR/unit_cost_layer3_size64.json"
 step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50.json" \
   --alt-options attn_value_stride=2

@@ -93,6 +93,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     for key in ('channels', 'size', 'units', 'batch_size', 'repeats'):
         if getattr(args, key) < 1:
             p.error(f'--{key.replace("_", "-")} must be >= 1')
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error('--warmup must be >= 0 and --threads >= 1')
     return args
 
 
