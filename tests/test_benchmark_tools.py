@@ -26,6 +26,7 @@ from mmdet_ela.analysis.variants import (ELA_ONLY_ARGS, PLAIN_TYPES,
 from mmdet_ela.pruning import (apply_masks, attention_stacks, get_masks,
                                load_masks, make_record, write_record)
 from mmdet_ela.redundancy import ebqm_select
+from mmdet_ela.utils import KEEP_FREED_MEMORY
 
 TOOLS = osp.join(ROOT, 'tools', 'analysis')
 RETINA_ELA_FPN = osp.join(ROOT, 'configs', 'retinanet',
@@ -322,8 +323,13 @@ def test_benchmark_backbone_with_memory(tmp_path):
     torch.save({'state_dict': model.backbone.state_dict()}, ckpt)
     res = bench.main([
         '--model', 'backbone', '--depth', '18', *TINY_BENCH, '--variants',
-        'plain', 'mask', '--mask', ckpt, '--memory', 'subprocess', '--no-flops'
+        'plain', 'mask', '--mask', ckpt, '--memory', 'subprocess',
+        '--no-flops', '--keep-freed-memory'
     ])
+    assert res['settings']['keep_freed_memory']
+    assert res['environment']['keep_freed_memory'] == KEEP_FREED_MEMORY
+    assert '--keep-freed-memory (glibc mallopt mmap_threshold=33554432' in \
+        format_results(res)
     v = res['variants']
     assert list(v) == ['plain', 'mask'] and res['ebqm'] is None
     assert v['mask']['mask']['backbone.layer3.attn'] == [True, False]

@@ -63,6 +63,9 @@ class BenchmarkSettings:
         memory (str): ``'cuda'``, ``'subprocess'`` or ``'none'``.
         op_costs (int): rounds of train steps timed op by op
             (:mod:`.op_costs`); 0 = none.
+        keep_freed_memory (bool): set glibc's malloc to keep freed memory
+            in the process, and in the memory subprocesses
+            (:func:`~mmdet_ela.utils.keep_freed_memory`), for every variant.
     """
     config: Optional[str] = None
     cfg_options: Optional[dict] = None
@@ -89,6 +92,7 @@ class BenchmarkSettings:
     memory: str = 'none'
     flops: bool = True
     op_costs: int = 0
+    keep_freed_memory: bool = False
 
 
 @dataclasses.dataclass

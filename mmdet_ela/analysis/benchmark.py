@@ -30,6 +30,7 @@ from torch import nn
 
 from mmdet_ela.pruning import (count_units, get_masks, load_masks, make_record,
                                score_model)
+from mmdet_ela.utils import keep_freed_memory
 from .bench_config import (LABELS, SCORE_SEED, VARIANTS, BenchmarkSettings,
                            ModelSetup, build_variant, build_workload,
                            model_setup)
@@ -209,6 +210,7 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
     if ('mask' in s.variants) != (s.mask is not None):
         raise ValueError(f"the 'mask' variant needs a mask and a mask needs "
                          f'it (variants={list(s.variants)}, mask={s.mask!r})')
+    allocator = keep_freed_memory() if s.keep_freed_memory else None
     setup = model_setup(s)
     notes = list(setup.notes)
     masks: Dict[str, Optional[dict]] = {n: None for n in s.variants}
@@ -246,7 +248,8 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
         settings=dataclasses.asdict(s),
         ebqm_settings=setup.selector.settings(),
         ebqm_defaults=ebqm_defaults(),
-        environment=environment(torch.device(s.device)),
+        environment=dict(
+            environment(torch.device(s.device)), keep_freed_memory=allocator),
         variants=variants,
         ebqm=ebqm,
         memory_method=memory_method,

@@ -4,7 +4,8 @@
 
 ``JOB.json`` holds ``settings`` (a :class:`BenchmarkSettings` as a dict),
 ``variant`` and ``mask``. The process builds only that variant, runs
-``max(warmup, 1) + 1`` train steps under :func:`measure_step_rss` and prints
+``max(warmup, 1) + 1`` train steps (with the benchmark's allocator
+setting) under :func:`measure_step_rss` and prints
 the result with :func:`emit_result`.
 """
 import gc
@@ -13,6 +14,7 @@ import sys
 
 import torch
 
+from mmdet_ela.utils import keep_freed_memory
 from .bench_config import (BenchmarkSettings, build_variant, build_workload,
                            model_setup)
 from .memory import emit_result, measure_step_rss
@@ -26,6 +28,8 @@ def main(path: str) -> None:
     settings['img_size'] = tuple(settings['img_size'])
     settings['variants'] = tuple(settings['variants'])
     s = BenchmarkSettings(**settings)
+    if s.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(s.threads)
     setup = model_setup(s)
     model = build_variant(setup, job['variant'], s.seed, job.get('mask'))

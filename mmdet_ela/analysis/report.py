@@ -146,9 +146,13 @@ def format_results(results: Mapping[str, Any]) -> str:
         f'torch {env["torch"]}',
         format_table(results['variants'])
     ]
-    allocator = env.get('allocator_env') or {}
-    if allocator:
-        pairs = [f'{k}={v}' for k, v in allocator.items()]
+    pairs = [f'{k}={v}' for k, v in (env.get('allocator_env') or {}).items()]
+    if env.get('keep_freed_memory'):
+        pairs.append('--keep-freed-memory (glibc mallopt ' +
+                     ' '.join(f'{k}={v}'
+                              for k, v in env['keep_freed_memory'].items()) +
+                     ')')
+    if pairs:
         lines.append('allocator: ' + ' '.join(pairs))
     if any('train_round_ratio_iqr' in v for v in results['variants'].values()):
         lines.append('rounds q1-q3: quartiles of the train step\'s ratio to '

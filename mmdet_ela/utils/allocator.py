@@ -1,0 +1,65 @@
+"""Keep freed memory in a CPU process: glibc's malloc, set at run time.
+
+With glibc's default settings, a CPU training step hands large freed blocks
+back to the operating system (``mmap``-ed blocks are unmapped, the top of the
+heap is trimmed), and the next step faults them in again, one page at a
+time. On a virtual machine a fault costs microseconds, so a model that frees
+and reallocates more full-size tensors per step (ELA's units do) pays for it
+more than plain ResNet. :func:`keep_freed_memory` sets the two thresholds by
+``mallopt``, the same as starting the process with
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:\\
+glibc.malloc.trim_threshold=2147483647
+
+It applies to the whole process (plain models too) and costs memory: freed
+blocks stay in the process. It does nothing on GPU memory, which PyTorch's
+CUDA caching allocator keeps already, nor under another allocator loaded by
+``LD_PRELOAD`` (jemalloc, tcmalloc), which ``mallopt`` does not reach.
+"""
+import ctypes
+import ctypes.util
+import platform
+from typing import Dict
+
+__all__ = ['KEEP_FREED_MEMORY', 'keep_freed_memory']
+
+#: ``mallopt`` parameters (glibc's ``malloc.h``).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: The settings :func:`keep_freed_memory` applies: blocks up to glibc's
+#: largest mmap threshold (32 MiB) come from the heap, and the heap is not
+#: trimmed below 2 GiB of free space at its top (``mallopt`` takes a C int).
+KEEP_FREED_MEMORY: Dict[str, int] = dict(
+    mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1)
+
+
+def keep_freed_memory() -> Dict[str, int]:
+    """Set glibc's mmap and trim thresholds of this process to
+    :data:`KEEP_FREED_MEMORY`.
+
+    Call it early, before the model is built: blocks mapped before the call
+    are still unmapped when freed.
+
+    Returns:
+        dict: the settings applied (a copy of :data:`KEEP_FREED_MEMORY`).
+
+    Raises:
+        RuntimeError: the C library is not glibc, or glibc refused a value.
+    """
+    libc_name = platform.libc_ver()[0]
+    path = ctypes.util.find_library('c')
+    if libc_name != 'glibc' or path is None:
+        raise RuntimeError(
+            'keep_freed_memory (--keep-freed-memory) sets glibc\'s malloc; '
+            f'this process runs on {libc_name or platform.system()!r}. Run '
+            'without it.')
+    libc = ctypes.CDLL(path)
+    for name, param in (('mmap_threshold', _M_MMAP_THRESHOLD),
+                        ('trim_threshold', _M_TRIM_THRESHOLD)):
+        value = KEEP_FREED_MEMORY[name]
+        if libc.mallopt(param, value) != 1:
+            raise RuntimeError(
+                f'glibc refused mallopt {name}={value}: run without '
+                '--keep-freed-memory')
+    return dict(KEEP_FREED_MEMORY)

@@ -1,0 +1,57 @@
+"""keep_freed_memory: glibc keeps freed blocks, so reallocating them does not
+fault pages in again."""
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from mmdet_ela.utils import KEEP_FREED_MEMORY
+
+pytestmark = pytest.mark.skipif(
+    platform.libc_ver()[0] != 'glibc', reason='glibc only')
+
+# Four 24 MiB blocks, written, then freed, six times: with glibc's defaults
+# the freed top of the heap (96 MiB) is trimmed and faulted in again.
+CHILD = '''
+import ctypes, ctypes.util, json, resource, sys
+from mmdet_ela.utils import keep_freed_memory
+settings = keep_freed_memory() if sys.argv[1] == 'keep' else None
+libc = ctypes.CDLL(ctypes.util.find_library('c'))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 24 << 20
+faults = []
+for _ in range(6):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [libc.malloc(size) for _ in range(4)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)
+    for b in blocks:
+        libc.free(b)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+print(json.dumps(dict(faults=faults, settings=settings)))
+'''
+
+
+def _run(mode: str) -> dict:
+    out = subprocess.run([sys.executable, '-c', CHILD, mode],
+                         capture_output=True,
+                         text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_keep_freed_memory_stops_refaulting():
+    pages = 4 * (24 << 20) // 4096
+    default, keep = _run('default')['faults'], _run('keep')['faults']
+    # every round faults its pages in again by default ...
+    assert min(default[2:]) > pages // 2
+    # ... and (almost) none once the first round has mapped them
+    assert max(keep[2:]) < pages // 100
+
+
+def test_keep_freed_memory_returns_its_settings():
+    assert _run('keep')['settings'] == KEEP_FREED_MEMORY
+    assert KEEP_FREED_MEMORY['mmap_threshold'] == 32 << 20
