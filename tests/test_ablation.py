@@ -298,11 +298,14 @@ def test_ablation_tool_smoke_and_resume(tmp_path, tiny_shapes):
 def test_pruning_choice_smoke(tmp_path, tiny_shapes):
     config = _tiny_config_file(tmp_path, tiny_shapes, hook=False)
     train_dir = tmp_path / 'dense'
-    _run([
-        PYTHON,
-        osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
-        str(train_dir), '--cfg-options', 'train_cfg.max_epochs=1'
-    ], tmp_path)
+    _run(
+        [  # (also runs train.py's --keep-freed-memory)
+            PYTHON,
+            osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
+            str(train_dir), '--keep-freed-memory', '--cfg-options',
+            'train_cfg.max_epochs=1'
+        ],
+        tmp_path)
     ckpt = str(train_dir / 'epoch_1.pth')
     out_dir = tmp_path / 'choice'
     _run([
