@@ -3,10 +3,10 @@
     python -m mmdet_ela.analysis.memory_child JOB.json
 
 ``JOB.json`` holds ``settings`` (a :class:`BenchmarkSettings` as a dict),
-``variant`` and ``mask``. The process builds only that variant, runs
-``max(warmup, 1) + 1`` train steps (with the benchmark's allocator
-setting) under :func:`measure_step_rss` and prints
-the result with :func:`emit_result`.
+``variant`` and ``mask``. The process takes the benchmark's allocator
+setting (``keep_freed_memory``), builds only that variant, runs ``max(warmup,
+1) + 1`` train steps under :func:`measure_step_rss` and prints the result
+with :func:`emit_result`.
 """
 import gc
 import json

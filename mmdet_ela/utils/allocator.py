@@ -28,8 +28,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 #: The settings :func:`keep_freed_memory` applies: blocks up to glibc's
-#: largest mmap threshold (32 MiB) come from the heap, and the heap is not
-#: trimmed below 2 GiB of free space at its top (``mallopt`` takes a C int).
+#: largest mmap threshold (32 MiB) come from the heap, and the top of the
+#: heap goes back to the system only when more than 2 GiB of it is free
+#: (``mallopt`` takes a C int).
 KEEP_FREED_MEMORY: Dict[str, int] = dict(
     mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1)
 
