@@ -53,13 +53,15 @@ def test_weighted_sum_and_depthwise_conv_gradients_match_autograd():
               for s, v in enumerate(values))
     torch.testing.assert_close(mix_values(attn, values), ref)
     x, weight = _double(2, 8, 5, 4), _double(8, 1, 3, 3)
-    args = ((1, 1), (1, 1), (1, 1))
-    assert torch.autograd.gradcheck(
-        lambda a, w: DepthwiseConvSplitBackward.apply(a, w, *args),
-        (x, weight))
-    torch.testing.assert_close(
-        DepthwiseConvSplitBackward.apply(x, weight, *args),
-        F.conv2d(x, weight, None, 1, 1, 1, 8))
+    # stride 1: input gradient by the flipped kernel; stride 2: aten's
+    for stride in (1, 2):
+        args = ((stride, stride), (1, 1), (1, 1))
+        assert torch.autograd.gradcheck(
+            lambda a, w: DepthwiseConvSplitBackward.apply(a, w, *args),
+            (x, weight))
+        torch.testing.assert_close(
+            DepthwiseConvSplitBackward.apply(x, weight, *args),
+            F.conv2d(x, weight, None, stride, 1, 1, 8))
 
 
 def _reference_unit(unit, xs):
