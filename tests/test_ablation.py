@@ -248,7 +248,7 @@ def test_ablation_tool_smoke_and_resume(tmp_path, tiny_shapes):
     cmd = [
         PYTHON, ABLATION, config, '--variants', 'plain', 'random', '--seeds',
         '1', '--work-dir',
-        str(work), '--skip-iters', '2'
+        str(work), '--skip-iters', '2', '--keep-freed-memory'
     ]
     out = _run(cmd, tmp_path)
     assert '[run 3/3' in out
@@ -261,6 +261,9 @@ def test_ablation_tool_smoke_and_resume(tmp_path, tiny_shapes):
         assert 0 <= r['final_mAP'] <= r['best_mAP'] <= 1
         assert r['step_time'] > 0 and r['params'] > 0
         assert osp.isfile(r['log']) and osp.isfile(r['config'])
+        assert r['keep_freed_memory'] is True
+        with open(r['log']) as f:  # the train.py command line comes first
+            assert '--keep-freed-memory' in f.readline()
     assert plain['units_total'] == 0 and plain['hook'] is None
     assert ebqm['units_total'] > 0 and ebqm['hook']['type'] == 'ELAPruneHook'
     assert ebqm['units_pruned'] == len(ebqm['pruned_units'])

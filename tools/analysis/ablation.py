@@ -101,6 +101,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help='OMP/MKL threads of each run (default: unchanged)')
     p.add_argument(
+        '--keep-freed-memory',
+        action='store_true',
+        help='CPU runs: train.py --keep-freed-memory (glibc keeps freed '
+        'memory; faster steps, same results; recorded in result.json)')
+    p.add_argument(
         '--skip-iters',
         type=int,
         default=20,
@@ -232,8 +237,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'ablation: {len(variants)} variants x {args.seeds} seeds = '
           f'{len(specs)} runs of {cfg.train_cfg.get("max_epochs")} epochs '
           f'in {work_dir}')
-    outcome = run_grid(specs, cfg, args.hook_options, args.gpus, args.threads,
-                       args.skip_iters)
+    outcome = run_grid(
+        specs,
+        cfg,
+        args.hook_options,
+        args.gpus,
+        args.threads,
+        args.skip_iters,
+        keep_freed_memory=args.keep_freed_memory)
     names = [v.name for v in variants]
     paths = write_outputs(work_dir, args, names, outcome, cfg)
     with open(paths[1]) as f:
