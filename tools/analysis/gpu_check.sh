@@ -20,7 +20,9 @@
 #   bench_backbone_compile, bench_retinanet_compile
 #                     the same two with attn_compile=True (torch.compile, Triton)
 #   bench_backbone_lite, bench_retinanet_lite
-#                     the same two with the cheap unit (attn_value_conv=False)
+#                     the same two with the cheap unit (attn_value_conv=False); not in
+#                     the default steps (device time is short): name them in
+#                     ELA_GPU_CHECK_STEPS to run them
 #   shapes_data       a small synthetic shapes dataset                    data/shapes
 #   pruned_ckpt       the shapes config's model with the last unit of every stack
 #                     pruned, saved by mmengine's save_checkpoint         pruned.pth
