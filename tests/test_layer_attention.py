@@ -12,7 +12,8 @@ from mmdet_ela.models import ELAFPN, ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
 from mmdet_ela.models.layers.ops import (AffineMix, DepthwiseConvSplitBackward,
                                          ValueGradients, WeightedSumOverMemory,
-                                         affine_mix, mix_values)
+                                         _depthwise_input_grad, affine_mix,
+                                         mix_values)
 from mmdet_ela.pruning import attention_stacks
 
 LITE = dict(value_conv=False)  # the default affine output
@@ -53,6 +54,23 @@ def test_weighted_sum_and_depthwise_conv_gradients_match_autograd():
               for s, v in enumerate(values))
     torch.testing.assert_close(mix_values(attn, values), ref)
     x, weight = _double(2, 8, 5, 4), _double(8, 1, 3, 3)
+    # the flipped kernel's input gradient is aten's, for 3x3 and 5x5
+    for k in (3, 5):
+        w, g = _double(8, 1, k, k), _double(2, 8, 5, 4)
+        pad = (k // 2, k // 2)
+        flipped = _depthwise_input_grad(g, w, (1, 1), pad, (1, 1), 8)
+        assert flipped is not None
+        torch.testing.assert_close(
+            flipped,
+            torch.ops.aten.convolution_backward(g, x, w, None, [1, 1],
+                                                list(pad), [1, 1], False,
+                                                [0, 0], 8,
+                                                [True, False, False])[0])
+    # not for strides, other paddings or a channel multiplier
+    one = ((1, 1), (1, 1), (1, 1))
+    assert _depthwise_input_grad(g, weight, (2, 2), *one[1:], 8) is None
+    assert _depthwise_input_grad(g, weight, (1, 1), (0, 0), (1, 1), 8) is None
+    assert _depthwise_input_grad(g, weight, *one, 4) is None
     # stride 1: input gradient by the flipped kernel; stride 2: aten's
     for stride in (1, 2):
         args = ((stride, stride), (1, 1), (1, 1))

@@ -15,10 +15,12 @@ from torch.autograd.function import once_differentiable
 
 
 def _depthwise_input_grad(grad: Tensor, weight: Tensor, stride: tuple,
-                          padding: tuple, dilation: tuple) -> Optional[Tensor]:
+                          padding: tuple, dilation: tuple,
+                          channels: int) -> Optional[Tensor]:
     """The input gradient of a depthwise convolution of stride 1 that keeps
-    the size (padding k // 2, odd k), as a forward convolution of ``grad``
-    with the kernel flipped; None for other convolutions.
+    the size (padding k // 2, odd k, one output channel per input channel),
+    as a forward convolution of ``grad`` with the kernel flipped; None for
+    other convolutions.
 
     Same maths as ``convolution_backward``'s input gradient; on CPU (oneDNN,
     NCHW) the forward convolution is faster: e.g. [4, 256, 56, 56] 2.7 vs
@@ -27,14 +29,18 @@ def _depthwise_input_grad(grad: Tensor, weight: Tensor, stride: tuple,
     Args:
         grad (Tensor): [N, C, H, W].
         weight (Tensor): [C, 1, k, k].
+        channels (int): the input's channels (C for a depthwise convolution
+            without a channel multiplier).
     """
     k = weight.shape[-1]
     if (tuple(stride) != (1, 1) or tuple(dilation) != (1, 1)
             or weight.shape[-2] != k or k % 2 == 0
-            or tuple(padding) != (k // 2, k // 2)):
+            or tuple(padding) != (k // 2, k // 2)
+            or weight.shape[0] != channels):
         return None
-    return F.conv2d(grad, weight.flip(-2, -1), None, 1, padding, 1,
-                    grad.shape[1])
+    with torch.autocast(grad.device.type, enabled=False):  # grad's dtype
+        return F.conv2d(grad, weight.flip(-2, -1), None, 1, padding, 1,
+                        channels)
 
 
 class DepthwiseConvSplitBackward(torch.autograd.Function):
@@ -67,7 +73,7 @@ class DepthwiseConvSplitBackward(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = _depthwise_input_grad(grad, weight.to(grad.dtype), stride,
-                                           padding, dilation)
+                                           padding, dilation, x.shape[1])
             if grad_x is None:
                 grad_x = torch.ops.aten.convolution_backward(
                     *args, [True, False, False])[0]
