@@ -14,6 +14,8 @@ from mmdet_ela.analysis.ablation import (VARIANTS, aggregate,
                                          scale_schedule, top_select,
                                          variant_config)
 from mmdet_ela.analysis.ablation.results import step_time
+from mmdet_ela.analysis.ablation.runner import (logged_keep_freed_memory,
+                                                train_command)
 from mmdet_ela.analysis.ablation.variants import random_hook_options
 
 ABLATION = osp.join(ROOT, 'tools', 'analysis', 'ablation.py')
@@ -202,6 +204,22 @@ def test_step_time_skips_start_up():
     assert step_time([], skip_iters=0) is None
 
 
+def test_train_command_and_the_logged_allocator_setting(tmp_path):
+    one = train_command('c.py', 'w', keep_freed_memory=True)
+    assert one[1].endswith('train.py') and one[-1] == '--keep-freed-memory'
+    many = train_command('c.py', 'w', 2, resume=True, keep_freed_memory=True)
+    assert many[:2] == ['bash', osp.join(ROOT, 'tools', 'dist_train.sh')]
+    assert many[2:4] == ['c.py', '2']  # then train.py's own arguments
+    assert many[-2:] == ['--keep-freed-memory', '--resume']
+    assert '--keep-freed-memory' not in train_command('c.py', 'w', 2)
+    log = tmp_path / 'train.log'
+    log.write_text('$ ' + ' '.join(one) + '\nepoch 1\n')
+    assert logged_keep_freed_memory(str(log)) is True
+    with open(log, 'a') as f:  # resumed without the flag
+        f.write('$ ' + ' '.join(train_command('c.py', 'w', resume=True)))
+    assert logged_keep_freed_memory(str(log)) == 'mixed'
+
+
 def test_top_select_removes_the_least_redundant_units():
     mask = dict(a=[True] * 5, b=[True] * 3)
     scores = dict(a=[None, 0.9, 0.1, 0.8, 0.7], b=[None, 0.5, 0.95])
@@ -284,6 +302,10 @@ def test_ablation_tool_smoke_and_resume(tmp_path, tiny_shapes):
     again = _run(cmd, tmp_path)
     assert '3/3 runs already finished: skipped' in again
     assert '[run' not in again
+    assert [os.stat(p).st_mtime_ns for p in results] == stamps
+    # finished runs of the other allocator setting are reused, with a warning
+    other = _run([c for c in cmd if c != '--keep-freed-memory'], tmp_path)
+    assert other.count('finished with keep_freed_memory=True') == 3
     assert [os.stat(p).st_mtime_ns for p in results] == stamps
     # a finished run is not reused for another schedule
     proc = subprocess.run(

@@ -215,6 +215,12 @@ def write_outputs(work_dir: str, args: argparse.Namespace, names: List[str],
                 f'{args.skip_iters} iterations left out.\n')
         f.write('\n## Mean bbox mAP at each validation round (rank)\n\n')
         f.write(format_round_table(results))
+        kept = {str(r.get('keep_freed_memory', False)) for r in results}
+        if len(kept) > 1:
+            f.write(
+                '\nThe runs mix allocator settings (`--keep-freed-memory`: '
+                f'{", ".join(sorted(kept))}; see `ablation.json`): their '
+                'step times do not compare.\n')
         if outcome['failed']:
             f.write('\nFailed runs: ' +
                     ', '.join(label for label, _ in outcome['failed']) + '\n')

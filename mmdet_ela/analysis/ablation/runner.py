@@ -95,6 +95,18 @@ def _env(threads: Optional[int]) -> Dict[str, str]:
     return env
 
 
+def logged_keep_freed_memory(log: str) -> Any:
+    """Whether the training commands in ``log`` (lines ``$ ...``, one per
+    attempt) had ``--keep-freed-memory``: True, False, or ``'mixed'`` for a
+    run resumed with the other setting."""
+    with open(log, errors='replace') as f:
+        flags = {
+            '--keep-freed-memory' in line.split()
+            for line in f if line.startswith('$ ')
+        }
+    return flags.pop() if len(flags) == 1 else 'mixed'
+
+
 def _tail(path: str, lines: int = 30) -> str:
     with open(path, errors='replace') as f:
         return ''.join(f.readlines()[-lines:])
@@ -187,7 +199,7 @@ def run_one(spec: RunSpec,
         config_sha1=digest,
         log=log,
         omp_threads=_env(threads).get('OMP_NUM_THREADS'),
-        keep_freed_memory=keep_freed_memory,
+        keep_freed_memory=logged_keep_freed_memory(log),
         wall_time=time.time() - start)
     result.update(
         summarise_run(spec.work_dir, cfg.model.to_dict(), skip_iters))
@@ -220,6 +232,12 @@ def run_grid(specs: Sequence[RunSpec],
         if spec.done:
             check_unchanged(spec,
                             _run_config(spec, base, specs, hook_options or {}))
+            with open(spec.result_file) as f:
+                kept = json.load(f).get('keep_freed_memory', False)
+            if kept != keep_freed_memory:
+                echo(f'warning: {spec.label()} finished with '
+                     f'keep_freed_memory={kept}, this grid runs with '
+                     f'{keep_freed_memory}: their step times do not compare')
     todo = [s for s in specs if not s.done]
     skipped = [s.label() for s in specs if s.done]
     if skipped:
