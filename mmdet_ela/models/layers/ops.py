@@ -23,8 +23,9 @@ def _depthwise_input_grad(grad: Tensor, weight: Tensor, stride: tuple,
     other convolutions.
 
     Same maths as ``convolution_backward``'s input gradient; on CPU (oneDNN,
-    NCHW) the forward convolution is faster: e.g. [4, 256, 56, 56] 2.7 vs
-    3.3 ms, [4, 2048, 7, 7] 0.38 vs 0.78 ms (2 threads).
+    NCHW) the forward convolution is faster: e.g. [4, 256, 56, 56] 2.7-3.4
+    vs 3.3-3.8 ms, [4, 2048, 7, 7] 0.4-0.6 vs 0.8 ms (2 threads; two probes
+    by hand).
 
     Args:
         grad (Tensor): [N, C, H, W].
@@ -67,13 +68,13 @@ class DepthwiseConvSplitBackward(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
         # Under autocast the forward ran in grad's dtype: backward does too.
-        args = (grad, x.to(grad.dtype), weight.to(grad.dtype), None,
-                list(stride), list(padding), list(dilation), False, [0, 0],
-                x.shape[1])
+        weight_cast = weight.to(grad.dtype)
+        args = (grad, x.to(grad.dtype), weight_cast, None, list(stride),
+                list(padding), list(dilation), False, [0, 0], x.shape[1])
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _depthwise_input_grad(grad, weight.to(grad.dtype), stride,
-                                           padding, dilation, x.shape[1])
+            grad_x = _depthwise_input_grad(grad, weight_cast, stride, padding,
+                                           dilation, x.shape[1])
             if grad_x is None:
                 grad_x = torch.ops.aten.convolution_backward(
                     *args, [True, False, False])[0]
