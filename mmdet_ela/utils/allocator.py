@@ -12,9 +12,12 @@ more than plain ResNet. :func:`keep_freed_memory` sets the two thresholds by
 glibc.malloc.trim_threshold=2147483647
 
 It applies to the whole process (plain models too) and costs memory: freed
-blocks stay in the process. It does nothing on GPU memory, which PyTorch's
-CUDA caching allocator keeps already, nor under another allocator loaded by
-``LD_PRELOAD`` (jemalloc, tcmalloc), which ``mallopt`` does not reach.
+blocks stay in the process. A block of 32 MiB or more is still mapped (and
+faulted in again after it is freed) when the heap has no free chunk that
+holds it, e.g. the largest feature maps of big CPU inputs. It does nothing
+on GPU memory, which PyTorch's CUDA caching allocator keeps already, nor
+under another allocator loaded by ``LD_PRELOAD`` (jemalloc, tcmalloc),
+which ``mallopt`` does not reach.
 """
 import ctypes
 import ctypes.util
