@@ -30,9 +30,10 @@ __all__ = ['KEEP_FREED_MEMORY', 'keep_freed_memory']
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-#: The settings :func:`keep_freed_memory` applies: blocks up to glibc's
-#: largest mmap threshold (32 MiB) come from the heap, and the top of the
-#: heap goes back to the system only when more than 2 GiB of it is free
+#: The settings :func:`keep_freed_memory` applies: blocks up to 32 MiB
+#: (the upper limit ``mallopt(3)`` documents for 64-bit glibc; glibc 2.36
+#: accepted more in our probe) come from the heap, and the top of the heap
+#: goes back to the system only when more than 2 GiB of it is free
 #: (``mallopt`` takes a C int).
 KEEP_FREED_MEMORY: Dict[str, int] = dict(
     mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1)
