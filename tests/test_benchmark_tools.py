@@ -15,6 +15,7 @@ import torch
 from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
+from mmdet_ela.analysis.memory import peak_allocated_bytes
 from mmdet_ela.analysis.op_costs import op_costs, op_deltas, op_split
 from mmdet_ela.analysis.report import format_results
 from mmdet_ela.analysis.settings import ebqm_defaults
@@ -196,6 +197,21 @@ def test_time_interleaved_counts_fresh_pages():
     assert len(times['fresh']) == 3
 
 
+def test_peak_allocated_bytes_follows_tensors():
+    mb = 2**20
+
+    def step():
+        a = torch.ones(mb // 4)  # 1 MiB
+        b = torch.ones(2 * mb // 4)  # 3 MiB held
+        del a
+        c = torch.ones(mb // 4)  # 3 MiB again
+        del b, c
+        d = torch.ones(2 * mb // 4)  # 2 MiB
+        return d
+
+    assert peak_allocated_bytes(step) == pytest.approx(3 * mb, abs=4096)
+
+
 def test_op_costs_attribute_the_extra_ops():
     """Per call: each op with the shape of its first tensor, counted in
     calls; op_deltas lists what one call runs beyond the other's."""
@@ -261,7 +277,7 @@ def test_benchmark_config_every_variant(tmp_path):
     path = str(tmp_path / 'ela_prune' / 'round_1.json')
     out, png = str(tmp_path / 'bench.json'), str(tmp_path / 'bench.png')
     res = bench.main([
-        SHAPES_CONFIG, *TINY_BENCH, '--memory', 'none', '--mask', path,
+        SHAPES_CONFIG, *TINY_BENCH, '--memory', 'allocated', '--mask', path,
         '--out', out, '--plot', png, '--alt-options',
         'model.backbone.attn_value_stride=2', 'model.neck.attn_value_stride=2',
         '--op-costs', '1'
@@ -284,6 +300,9 @@ def test_benchmark_config_every_variant(tmp_path):
         assert len(info['infer_round_ratio_all']) == len(info['infer_ms_all'])
     assert 'train_round_ratio' not in v['plain']
     assert 'rounds q1-q3' in format_results(res)
+    # allocated tensors: the units' values and outputs come on top
+    assert 'max_memory_allocated' in res['memory_method']
+    assert 0 < v['plain']['peak_mem_mb'] < v['dense']['peak_mem_mb']
     assert 'allocator_env' in res['environment']
     ops = res['op_costs']
     assert list(ops['top']) == ['dense', 'alt', 'pruned', 'mask']

@@ -129,3 +129,37 @@ def test_cuda_compiled_unit_matches_eager(value_conv, value_stride):
         for a, b in zip(run(eager), run(compiled)):
             assert a.dtype == b.dtype
             torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_cuda_recomputed_values_match_kept(autocast):
+    """On CUDA the units make their values again in backward by default:
+    same outputs and gradients as keeping them, in fp32 and under
+    autocast (the recomputed convolution in the forward's dtype)."""
+    from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
+    torch.manual_seed(0)
+    units = [LayerAttention(64, dim_per_head=16).cuda() for _ in range(3)]
+    for unit in units:
+        torch.nn.init.normal_(unit.norm.weight)
+        torch.nn.init.normal_(unit.norm.bias)
+    x = torch.randn(2, 64, 12, 10, device='cuda', requires_grad=True)
+    params = [p for u in units for p in u.parameters()]
+
+    def run(recompute):
+        for unit in units:
+            unit.recompute_values = recompute
+        memory = LayerAttentionMemory(chained=True)
+        with torch.autocast('cuda', dtype=torch.float16, enabled=autocast):
+            h = x
+            for unit in units:
+                assert unit._recomputes_values(h, memory) is (recompute
+                                                              is not False)
+                h = unit(torch.tanh(h), memory)
+        grads = torch.autograd.grad(h.float().square().mean(), [x] + params)
+        assert not memory.recomputed._passes
+        return [h] + list(grads)
+
+    kept = run(False)
+    for recompute in (None, True):
+        for a, b in zip(run(recompute), kept):
+            torch.testing.assert_close(a, b)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from mmdet.models import ResNet
 
+from mmdet_ela.analysis.memory import peak_allocated_bytes
 from mmdet_ela.models import ELAFPN, ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
 from mmdet_ela.models.layers.ops import (AffineMix, DepthwiseConvSplitBackward,
@@ -32,7 +33,7 @@ def test_affine_mix_gradients_match_autograd(bias_rows, with_x):
     x = _double(2, 8, 5, 4) if with_x else None
 
     def fused(c, b, *v):
-        return AffineMix.apply(c, b, x, None, *v)
+        return AffineMix.apply(c, b, x, None, None, *v)
 
     assert torch.autograd.gradcheck(fused, (coef, bias, *values))
     out = fused(coef, bias, *values)
@@ -186,6 +187,130 @@ def test_chained_memory_sums_value_gradients_in_place(value_conv, with_cp,
     for a, b in zip(chained, plain):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(run, (x, ))
+
+
+def _run_units(units, x, block, chained):
+    memory = LayerAttentionMemory(chained=chained)
+    for unit in units:
+        # the pyramid's sizes when not chained (values resized)
+        x = unit(torch.tanh(block(x)), memory)
+        if not chained:
+            x = F.max_pool2d(x, 2, ceil_mode=True)
+    return x, memory
+
+
+@pytest.mark.parametrize('chained', [True, False])
+def test_recomputed_values_same_gradients_less_kept(chained):
+    """recompute_values=True: the values are made again in backward (each
+    once per pass, resized where the memory's sizes differ) instead of being
+    kept: same outputs and gradients, one full-size tensor less kept per
+    unit, nothing left in the memory after backward, no reference cycle."""
+    import gc
+    import weakref
+    torch.manual_seed(0)
+    units = [LayerAttention(8, dim_per_head=4).double() for _ in range(3)]
+    for unit in units:
+        torch.nn.init.normal_(unit.norm.weight)
+        torch.nn.init.normal_(unit.norm.bias)
+    block = torch.nn.Conv2d(8, 8, 3, padding=1).double()
+    x = _double(2, 8, 7, 6)
+    inputs = [x] + [p for m in units + [block] for p in m.parameters()]
+    results = {}
+    for recompute in (False, True):
+        for unit in units:
+            unit.recompute_values = recompute
+        saved = []
+
+        def pack(t):
+            saved.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, memory = _run_units(units, x, block, chained)
+        grads = torch.autograd.grad(out.sum(), inputs)
+        results[recompute] = (out.detach(), grads, saved)
+        assert not memory.recomputed._passes  # each value handed out
+        ref = weakref.ref(memory.recomputed)  # held by the graph
+        gc.disable()
+        try:
+            del memory, out, grads
+            assert ref() is None  # freed by reference counting alone
+        finally:
+            gc.enable()
+    (out_kept, grads_kept, saved_kept), (out_re, grads_re, saved_re) = \
+        results[False], results[True]
+    torch.testing.assert_close(out_re, out_kept, rtol=0, atol=0)
+    for a, b in zip(grads_re, grads_kept):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    full = [s for s in saved_kept if len(s) == 4 and s[1] == 8]
+    # unit t keeps its t + 1 values (saved once per reader)
+    assert len(full) - len([s for s in saved_re if len(s) == 4 and s[1] == 8
+                            ]) == 1 + 2 + 3
+    for unit in units:
+        unit.recompute_values = True
+    assert torch.autograd.gradcheck(
+        lambda t: _run_units(units, t, block, chained)[0], (x, ))
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(recompute_values='yes'),
+    dict(recompute_values=1),
+    dict(recompute_values=True, norm_cfg=dict(type='BN')),
+    dict(recompute_values=True, value_conv=False),
+    dict(recompute_values=True, compiled=True),
+])
+def test_bad_recompute_values(kwargs):
+    with pytest.raises(ValueError, match='attn_recompute_values'):
+        LayerAttention(16, dim_per_head=4, **kwargs)
+    names = dict(
+        recompute_values='attn_recompute_values',
+        norm_cfg='attn_norm_cfg',
+        value_conv='attn_value_conv',
+        compiled='attn_compile')
+    options = {names[k]: v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match='attn_recompute_values'):
+        ELAFPN([64, 128], 32, num_outs=2, **options)
+    with pytest.raises(ValueError, match='attn_recompute_values'):
+        ELAResNet(depth=18, **options)
+
+
+def test_recomputed_values_lower_a_backbone_step_peak():
+    """ELAResNet-18 with attn_recompute_values=True: same gradients, a
+    lower peak of allocated tensors in a forward and backward."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 160, 160)
+    peaks, grads = {}, {}
+    for recompute in (False, True):
+        torch.manual_seed(1)
+        # few channels: the parameters' gradients do not set the peak
+        model = ELAResNet(
+            depth=18,
+            base_channels=16,
+            dim_per_head=16,
+            attn_recompute_values=recompute)
+        for m in model.modules():
+            if isinstance(m, LayerAttention):
+                torch.nn.init.normal_(m.norm.weight)
+
+        def step():
+            sum(o.square().mean() for o in model(x)).backward()
+
+        peaks[recompute] = peak_allocated_bytes(step)
+        grads[recompute] = [p.grad for p in model.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b)
+    assert peaks[True] < 0.97 * peaks[False]  # 0.947 when written
+
+
+def test_recompute_values_by_default_on_cuda_only():
+    unit = LayerAttention(8, dim_per_head=4)
+    memory = LayerAttentionMemory()
+    x = torch.rand(1, 8, 4, 4)
+    assert not unit._recomputes_values(x, memory)
+    unit.recompute_values = True
+    assert unit._recomputes_values(x, memory)
+    memory.append(torch.rand(1, 2, 4), x, None)  # a value not made again
+    assert not unit._recomputes_values(x, memory)
 
 
 def test_chained_memory_survives_a_nested_backward_and_guards_order():

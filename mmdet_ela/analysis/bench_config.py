@@ -60,7 +60,9 @@ class BenchmarkSettings:
             config's ``ELAPruneHook``, else its defaults.
         mask (str, optional): the ``mask`` variant's source.
         variants (tuple[str]): which of :data:`VARIANTS` to run.
-        memory (str): ``'cuda'``, ``'subprocess'`` or ``'none'``.
+        memory (str): ``'cuda'``, ``'subprocess'`` (CPU: peak RSS of a
+            process per variant), ``'allocated'`` (CPU: peak of allocated
+            tensors, :func:`~.memory.cpu_step_peak_mb`) or ``'none'``.
         op_costs (int): rounds of train steps timed op by op
             (:mod:`.op_costs`); 0 = none.
         keep_freed_memory (bool): set glibc's malloc to keep freed memory

@@ -35,7 +35,7 @@ from .bench_config import (LABELS, SCORE_SEED, VARIANTS, BenchmarkSettings,
                            ModelSetup, build_variant, build_workload,
                            model_setup)
 from .flops import EXTRA_FLOP_OPS, FLOP_CONVENTION, count_flops
-from .memory import cuda_step_peak_mb, run_children
+from .memory import cpu_step_peak_mb, cuda_step_peak_mb, run_children
 from .op_costs import op_costs, op_deltas, op_split
 from .report import environment
 from .settings import ebqm_defaults
@@ -183,6 +183,15 @@ def _memory(s: BenchmarkSettings, works: Dict[str, Workload],
         return ('torch.cuda.max_memory_allocated during one train step, '
                 'minus what was allocated before it, plus the variant\'s own '
                 'parameters, buffers and optimizer state')
+    if s.memory == 'allocated':
+        for name, w in works.items():
+            variants[name]['peak_mem_mb'] = cpu_step_peak_mb(
+                w.train_step, w.model, w.optim_wrapper.optimizer)
+        return ('the most CPU tensor memory held at once during one train '
+                'step (the profiler\'s allocation events), minus what was '
+                'allocated before it, plus the variant\'s own parameters, '
+                'buffers and optimizer state: the CPU counterpart of '
+                'torch.cuda.max_memory_allocated')
     if s.memory != 'subprocess':
         return None
     settings = dataclasses.asdict(s)

@@ -1,14 +1,17 @@
-"""Peak memory of a training step: CUDA allocator statistics or process RSS.
+"""Peak memory of a training step: allocated tensors or process RSS.
 
 On CUDA, :func:`cuda_step_peak_mb` reads ``torch.cuda.max_memory_allocated``
-around one step. On CPU there is no allocator to ask, so the peak resident set
-size (RSS) of a process is used: :func:`measure_step_rss` resets it just before
-the steps (Linux: ``/proc/self/clear_refs``) so that imports and model building
-do not hide the step's own peak. The RSS of a process that built several
-models, or ran one step before, says little about the next one (freed memory
-stays in the process), so the caller runs each variant in a fresh interpreter
-with :func:`run_children`; the child prints its result with
-:func:`emit_result`.
+around one step. On CPU, :func:`cpu_step_peak_mb` gives the same figure for
+the tensors PyTorch allocates, from the profiler's allocation events (the
+same on any machine: the figure to compare with CUDA's).
+
+What a CPU process really holds is its resident set size (RSS):
+:func:`measure_step_rss` resets its peak just before the steps (Linux:
+``/proc/self/clear_refs``) so that imports and model building do not hide
+the step's own peak. The RSS of a process that built several models, or ran
+one step before, says little about the next one (freed memory stays in the
+process), so the caller runs each variant in a fresh interpreter with
+:func:`run_children`; the child prints its result with :func:`emit_result`.
 """
 import json
 import os
@@ -25,7 +28,8 @@ from torch import nn
 
 __all__ = [
     'RESULT_PREFIX', 'MB', 'proc_status_mb', 'reset_peak_rss', 'maxrss_mb',
-    'measure_step_rss', 'cuda_step_peak_mb', 'emit_result', 'run_children'
+    'measure_step_rss', 'cuda_step_peak_mb', 'cpu_step_peak_mb', 'emit_result',
+    'run_children'
 ]
 
 #: Marks the JSON line a child process prints for its parent.
@@ -127,10 +131,53 @@ def cuda_step_peak_mb(step: Callable[[], None], model: nn.Module,
     step()
     torch.cuda.synchronize(device)
     step_peak = torch.cuda.max_memory_allocated(device) - before
+    return (_own_bytes(model, optimizer) + step_peak) / MB
+
+
+def _own_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the model's parameters, buffers and optimizer state."""
     own = _tensor_bytes(model.parameters()) + _tensor_bytes(model.buffers())
     for state in optimizer.state.values():
         own += _tensor_bytes(state.values())
-    return (own + step_peak) / MB
+    return own
+
+
+def peak_allocated_bytes(fn: Callable[[], None]) -> int:
+    """The most bytes of CPU tensors that ``fn`` held at once, over what was
+    allocated when it started.
+
+    Every allocation and free of PyTorch's CPU allocator during ``fn``, from
+    the profiler (``profile_memory=True``), in time order: allocations are
+    counted by the op that made them, frees where they happen.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        fn()
+    changes = []
+    for event in p.events():
+        if event.name == '[memory]':  # a free (or allocation) outside ops
+            change = event.cpu_memory_usage
+        else:  # allocations and frees of the op itself, not its children
+            change = event.self_cpu_memory_usage
+        if change:
+            changes.append((event.time_range.start, change))
+    live = peak = 0
+    for _, change in sorted(changes):
+        live += change
+        peak = max(peak, live)
+    return peak
+
+
+def cpu_step_peak_mb(step: Callable[[], None], model: nn.Module,
+                     optimizer: torch.optim.Optimizer) -> float:
+    """:func:`cuda_step_peak_mb` for CPU tensors, in MB: the step's peak of
+    allocated tensors (:func:`peak_allocated_bytes`) plus the model's own
+    parameters, buffers and optimizer state. What the C allocator keeps
+    beyond the tensors is not counted (the process's RSS shows it).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    step_peak = peak_allocated_bytes(step)
+    return (_own_bytes(model, optimizer) + step_peak) / MB
 
 
 def emit_result(result: Mapping[str, Any]) -> None:

@@ -112,8 +112,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         '--memory',
         default='auto',
-        choices=['auto', 'subprocess', 'cuda', 'none'],
-        help='auto = cuda on CUDA, a process per variant on CPU')
+        choices=['auto', 'subprocess', 'allocated', 'cuda', 'none'],
+        help='auto = cuda on CUDA, a process per variant on CPU (peak RSS); '
+        'allocated = CPU: the most tensor memory a train step holds at once '
+        '(the counterpart of CUDA\'s max_memory_allocated)')
     p.add_argument('--no-flops', action='store_true', help='skip FLOPs')
     p.add_argument(
         '--keep-freed-memory',
@@ -182,6 +184,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.memory = 'cuda' if args.device == 'cuda' else 'subprocess'
     if args.memory == 'cuda' and args.device != 'cuda':
         p.error('--memory cuda needs --device cuda')
+    if args.memory == 'allocated' and args.device != 'cpu':
+        p.error('--memory allocated is for --device cpu (on CUDA use cuda)')
 
 
 def settings_of(args: argparse.Namespace) -> BenchmarkSettings:

@@ -10,8 +10,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
                       LayerAttentionMemory, LayerAttentionStack, check_compile,
-                      check_drop_path_rate, check_value_conv,
-                      check_value_stride)
+                      check_drop_path_rate, check_recompute_values,
+                      check_value_conv, check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -106,6 +106,13 @@ class ELAResNet(ResNet):
         attn_compile (bool): run the units' attention and affine output
             through ``torch.compile`` (the first steps compile; pruning
             compiles again). Affine output only. Default: False.
+        attn_recompute_values (bool, optional): the units make their values
+            again in backward instead of keeping them from forward: one
+            full-size tensor less per unit between forward and backward, one
+            depthwise convolution more per unit. None: on CUDA only (on CPU
+            that convolution is the unit's costliest op). True needs the
+            affine output, the value convolution and ``attn_compile=False``.
+            Default: None.
         **kwargs: the arguments of :class:`mmdet.models.ResNet`.
 
     Example:
@@ -124,6 +131,7 @@ class ELAResNet(ResNet):
                  attn_value_conv: bool = True,
                  attn_value_stride: int = DEFAULT_VALUE_STRIDE,
                  attn_compile: bool = False,
+                 attn_recompute_values: Optional[bool] = None,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
         frozen = kwargs.get('frozen_stages', -1)
@@ -131,6 +139,8 @@ class ELAResNet(ResNet):
         check_value_conv('ELAResNet', attn_value_conv)
         check_value_stride('ELAResNet', attn_value_stride)
         check_compile('ELAResNet', attn_compile, attn_norm_cfg)
+        check_recompute_values('ELAResNet', attn_recompute_values,
+                               attn_norm_cfg, attn_value_conv, attn_compile)
         if stage_with_attention is None:
             stage_with_attention = [i >= frozen for i in range(num_stages)]
         stage_with_attention = self._check_stages(stage_with_attention,
@@ -144,6 +154,7 @@ class ELAResNet(ResNet):
         self.attn_value_conv = attn_value_conv
         self.attn_value_stride = attn_value_stride
         self.attn_compile = attn_compile
+        self.attn_recompute_values = attn_recompute_values
         self.attn_norm_cfg = attn_norm_cfg
         blocks = self.arch_settings[depth][1][:num_stages]
         num_units = sum(n for n, a in zip(blocks, stage_with_attention) if a)
@@ -172,7 +183,8 @@ class ELAResNet(ResNet):
                 value_conv=self.attn_value_conv,
                 value_stride=self.attn_value_stride,
                 with_cp=kwargs.get('with_cp', False),
-                compiled=self.attn_compile)
+                compiled=self.attn_compile,
+                recompute_values=self.attn_recompute_values)
         return ELAResLayer(blocks, attn)
 
     def _check_args(self, depth, num_stages, kwargs, drop_path_rate) -> None:

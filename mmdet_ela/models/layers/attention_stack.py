@@ -35,6 +35,8 @@ class LayerAttentionStack(BaseModule):
         with_cp (bool): gradient checkpointing of the units.
         compiled (bool): the units' attention and output through
             ``torch.compile`` (affine output only).
+        recompute_values (bool, optional): the units make their values
+            again in backward (None: on CUDA only).
     """
 
     def __init__(self,
@@ -46,6 +48,7 @@ class LayerAttentionStack(BaseModule):
                  value_stride: int = DEFAULT_VALUE_STRIDE,
                  with_cp: bool = False,
                  compiled: bool = False,
+                 recompute_values: Optional[bool] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         num_units = len(channels)
@@ -61,7 +64,8 @@ class LayerAttentionStack(BaseModule):
                 value_conv=value_conv,
                 value_stride=value_stride,
                 with_cp=with_cp,
-                compiled=compiled)
+                compiled=compiled,
+                recompute_values=recompute_values)
             for i, (c, rate) in enumerate(zip(channels, drop_path_rates))
         })
         self.register_buffer(

@@ -22,8 +22,9 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compiled import compiled_affine_attend
-from .ops import (AffineMix, DepthwiseConvSplitBackward, ValueGradients,
-                  WeightedSumOverMemory, affine_mix, mix_values, query_key)
+from .ops import (AffineMix, DepthwiseConvSplitBackward, RecomputedValues,
+                  ValueGradients, ValueRecipe, WeightedSumOverMemory,
+                  affine_mix, mix_values, query_key)
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -117,6 +118,25 @@ def check_value_stride(owner: str, stride) -> None:
             'features\' resolution) or 2 (values at half of it)')
 
 
+def check_recompute_values(owner: str, recompute, norm_cfg, value_conv,
+                           compiled) -> None:
+    """A ``ValueError`` naming ``owner`` unless ``recompute`` is None, False,
+    or True for a unit that can make its values again (the affine output,
+    a value convolution, uncompiled)."""
+    if recompute is not None and not isinstance(recompute, bool):
+        raise ValueError(f'{owner}: attn_recompute_values={recompute!r} must '
+                         'be None (on CUDA only), True or False')
+    if recompute and (not isinstance(norm_cfg, dict) or norm_cfg.get('type')
+                      != 'Affine' or not value_conv or compiled):
+        raise ValueError(
+            f'{owner}: attn_recompute_values=True makes the values of the '
+            'affine output\'s value convolution again in backward, but '
+            f'attn_norm_cfg={norm_cfg!r}, attn_value_conv={value_conv!r}, '
+            f'attn_compile={compiled!r}; use dict(type=\'Affine\') (the '
+            'default), attn_value_conv=True and attn_compile=False, or '
+            'attn_recompute_values=None')
+
+
 #: The eps of the batch norms that :meth:`LayerAttention._load_from_state_dict`
 #: folds into an affine (mmcv's and PyTorch's default).
 BN_EPS = 1e-5
@@ -149,16 +169,23 @@ class LayerAttentionMemory:
         values (list[Tensor]): each [N, C, H_s, W_s]; sizes may differ along a
         pyramid.
         value_grads (ValueGradients, optional): for a chained memory.
+        recomputed (RecomputedValues): how each value was made, for units
+            that make the values again in backward instead of keeping them.
     """
 
     def __init__(self, chained: bool = False) -> None:
         self.keys: List[Tensor] = []
         self.values: List[Tensor] = []
         self.value_grads = ValueGradients() if chained else None
+        self.recomputed = RecomputedValues()
 
-    def append(self, key: Tensor, value: Tensor) -> None:
+    def append(self,
+               key: Tensor,
+               value: Tensor,
+               recipe: Optional[ValueRecipe] = None) -> None:
         self.keys.append(key)
         self.values.append(value)
+        self.recomputed.append(recipe)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -265,6 +292,12 @@ class LayerAttention(BaseModule):
             :data:`DEFAULT_VALUE_STRIDE` (1).
         with_cp (bool): recompute the unit in backward to save memory.
             Default: False.
+        recompute_values (bool, optional): make the memory's values again in
+            backward instead of keeping them from forward (one depthwise
+            convolution per unit more; one full-size tensor per unit less
+            between forward and backward). None: on CUDA only. True needs
+            the affine output, a value convolution and ``compiled=False``.
+            Default: None.
         compiled (bool): run the attention and the affine output through
             ``torch.compile`` (:mod:`.compiled`); the affine output only.
             Default: False.
@@ -289,11 +322,14 @@ class LayerAttention(BaseModule):
                  value_stride: int = DEFAULT_VALUE_STRIDE,
                  with_cp: bool = False,
                  compiled: bool = False,
+                 recompute_values: Optional[bool] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         check_value_conv('LayerAttention', value_conv)
         check_value_stride('LayerAttention', value_stride)
         check_compile('LayerAttention', compiled, norm_cfg)
+        check_recompute_values('LayerAttention', recompute_values, norm_cfg,
+                               value_conv, compiled)
         if (isinstance(dim_per_head, bool)
                 or not isinstance(dim_per_head, int) or dim_per_head <= 0
                 or channels % dim_per_head != 0):
@@ -306,6 +342,7 @@ class LayerAttention(BaseModule):
         self.value_stride = value_stride
         self.with_cp = with_cp
         self.compiled = compiled
+        self.recompute_values = recompute_values
         k = eca_kernel_size(channels)
         self.query = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
         self.key = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
@@ -479,10 +516,45 @@ class LayerAttention(BaseModule):
                 memory.value_grads,
                 use_reentrant=False)
         else:
+            recomputed = memory.recomputed if self._recomputes_values(
+                x, memory) else None
             z, key, value = self._attend(x, memory.keys, memory.values,
-                                         memory.value_grads)
-        memory.append(key, value)
+                                         memory.value_grads, recomputed)
+        memory.append(key, value, self._value_recipe(x, value))
         return z
+
+    @property
+    def _affine(self) -> bool:
+        return isinstance(self.norm, ChannelAffine)
+
+    def _recomputes_values(self, x: Tensor,
+                           memory: LayerAttentionMemory) -> bool:
+        """Whether this unit makes the memory's values again in backward
+        (:class:`~.ops.RecomputedValues`) instead of keeping them.
+
+        By default (``recompute_values=None``) on CUDA, where memory is what
+        limits training and the depthwise convolution is one cheap pass; on
+        CPU that convolution is the unit's costliest op. Only for the affine
+        output with a value convolution, uncompiled, and when every earlier
+        value of the memory can be made again."""
+        wanted = self.recompute_values
+        if wanted is None:
+            wanted = x.device.type == 'cuda'
+        return (wanted and self._affine and self.value is not None
+                and not self.compiled
+                and memory.recomputed.covers(len(memory)))
+
+    def _value_recipe(self, x: Tensor, value: Tensor) -> Optional[ValueRecipe]:
+        """How ``value`` was made from ``x``; None without a value
+        convolution."""
+        conv = self.value
+        if conv is None:
+            return None
+        # Detached: the backward graph holds the recipes (through
+        # RecomputedValues), and x's own graph would close a cycle through
+        # it that Python's garbage collector cannot see.
+        return ValueRecipe(x.detach(), conv.weight.detach(), conv.stride,
+                           conv.padding, conv.dilation, value.dtype)
 
     def query_key_weights(self) -> Tensor:
         """The query's and the key's kernels as one ``conv1d`` weight, [2, 1,
@@ -516,10 +588,11 @@ class LayerAttention(BaseModule):
                 x: Tensor,
                 keys: List[Tensor],
                 values: List[Tensor],
-                value_grads: Optional[ValueGradients] = None) -> tuple:
+                value_grads: Optional[ValueGradients] = None,
+                recomputed: Optional[RecomputedValues] = None) -> tuple:
         """Z, this unit's key and value from ``x`` [N, C, H, W] and the
-        memory's ``keys`` and ``values`` (``value_grads``: see
-        :class:`LayerAttentionMemory`)."""
+        memory's ``keys`` and ``values`` (``value_grads``, ``recomputed``:
+        see :class:`LayerAttentionMemory`)."""
         n, c, h, w = x.shape
         d = self.dim_per_head
         if self.compiled and not torch.jit.is_tracing():
@@ -539,9 +612,9 @@ class LayerAttention(BaseModule):
         if any(v.shape[-2:] != value.shape[-2:] for v in values):
             value_grads = None  # resized copies: not the stored tensors
         values = resize_values(values, value.shape[-2:]) + [value]
-        if isinstance(self.norm, ChannelAffine):
-            return self._affine_output(x, attn, values,
-                                       value_grads), key, value
+        if self._affine:
+            return self._affine_output(x, attn, values, value_grads,
+                                       recomputed), key, value
         # Under autocast softmax runs in fp32: mix in the values' dtype so the
         # attention branch does not keep fp32 activations.
         attn = attn.to(value.dtype)
@@ -574,11 +647,13 @@ class LayerAttention(BaseModule):
             self.attention = attn.detach()
         return z, key, value
 
-    def _affine_output(self,
-                       x: Tensor,
-                       attn: Tensor,
-                       values: List[Tensor],
-                       value_grads: Optional[ValueGradients] = None) -> Tensor:
+    def _affine_output(
+            self,
+            x: Tensor,
+            attn: Tensor,
+            values: List[Tensor],
+            value_grads: Optional[ValueGradients] = None,
+            recomputed: Optional[RecomputedValues] = None) -> Tensor:
         """Z = X + DropPath(beta + sum_s (gamma * A[s]) * V_s) in one sum.
 
         Args:
@@ -589,6 +664,8 @@ class LayerAttention(BaseModule):
                 a value convolution and stride).
             value_grads (ValueGradients, optional): where a chain sums the
                 values' gradients (:class:`LayerAttentionMemory`).
+            recomputed (RecomputedValues, optional): makes the values again
+                in backward instead of keeping them.
 
         Returns:
             Tensor: [N, C, H, W]. At a lower resolution the sum is added to
@@ -614,7 +691,8 @@ class LayerAttention(BaseModule):
             coef = torch.cat([coef[:, :, :-1], coef[:, :, -1:] + 1], dim=-1)
             residual = None
         if _needs_backward(coef, *values):
-            out = AffineMix.apply(coef, bias, residual, value_grads, *values)
+            out = AffineMix.apply(coef, bias, residual, value_grads,
+                                  recomputed, *values)
         else:
             out = affine_mix(coef, bias, values, residual)
         return out if full else upsample_add(x, out)

@@ -6,7 +6,8 @@ full-size feature maps, forward and backward. The functions here remove passes
 that autograd's generic derivatives would make. Each has a test that compares
 its gradients with autograd's through plain ops.
 """
-from typing import Dict, List, Optional
+from collections import defaultdict
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -265,6 +266,86 @@ class ValueGradients:
         return grad * weight if total is None else total.addcmul_(grad, weight)
 
 
+class ValueRecipe(NamedTuple):
+    """How a unit computed its value V = dwconv(X), so that backward can
+    compute it again instead of keeping it from forward.
+
+    Attributes:
+        x (Tensor): the block output X, [N, C, H, W] (kept anyway: the
+            convolution's weight gradient and the block's ReLU need it).
+        weight (Tensor): the depthwise kernel, [C, 1, k, k].
+        stride, padding, dilation (tuple): the convolution's.
+        dtype (torch.dtype): the value's dtype (under autocast, the
+            convolution's).
+    """
+    x: Tensor
+    weight: Tensor
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    dtype: torch.dtype
+
+    def compute(self) -> Tensor:
+        """V again, [N, C, h, w]: the forward's convolution, in its dtype."""
+        with torch.no_grad(), torch.autocast(
+                self.x.device.type, enabled=False):
+            return F.conv2d(
+                self.x.to(self.dtype), self.weight.to(self.dtype), None,
+                self.stride, self.padding, self.dilation, self.x.shape[1])
+
+
+class RecomputedValues:
+    """The values of one memory, computed again in backward from their
+    :class:`ValueRecipe` instead of being kept from forward to backward.
+
+    Each value is computed once per backward pass and kept only until the
+    last unit that read it in forward has taken it: for a ResNet stage this
+    frees one full-size tensor per unit between forward and backward, for
+    one more depthwise convolution per unit in backward.
+    """
+
+    def __init__(self) -> None:
+        self.recipes: List[Optional[ValueRecipe]] = []
+        # value index -> units that read it in forward (with a backward)
+        self._readers: Dict[int, int] = defaultdict(int)
+        # backward pass (graph task id) -> value index -> [value, taken]
+        self._passes: Dict[int, Dict[int, list]] = {}
+
+    def append(self, recipe: Optional[ValueRecipe]) -> None:
+        """Record how the next value was made (None: it cannot be made
+        again, and readers keep it)."""
+        self.recipes.append(recipe)
+
+    def covers(self, count: int) -> bool:
+        """Whether the first ``count`` values can all be made again."""
+        return all(r is not None for r in self.recipes[:count])
+
+    def read(self, count: int) -> None:
+        """A unit read values 0 ... count - 1 in forward (the last may be
+        its own, recorded after this call)."""
+        for index in range(count):
+            self._readers[index] += 1
+
+    def get(self, index: int, size: torch.Size) -> Tensor:
+        """Value ``index`` at ``size`` (H, W) (nearest, as
+        :func:`~.layer_attention.resize_values`), for one reader in the
+        running backward pass."""
+        task = torch._C._current_graph_task_id()
+        cache = self._passes.setdefault(task, {})
+        entry = cache.get(index)
+        if entry is None:
+            entry = cache[index] = [self.recipes[index].compute(), 0]
+        entry[1] += 1
+        if entry[1] >= self._readers[index]:  # its last reader
+            del cache[index]
+            if not cache:
+                del self._passes[task]
+        value = entry[0]
+        if value.shape[-2:] != size:
+            value = F.interpolate(value, size=size, mode='nearest')
+        return value
+
+
 class AffineMix(torch.autograd.Function):
     """:func:`affine_mix` with a hand-written backward.
 
@@ -274,15 +355,25 @@ class AffineMix(torch.autograd.Function):
     ``grad`` on to ``x`` without a copy. With ``value_grads`` (a chain), the
     gradients of the earlier values are summed in place there
     (:class:`ValueGradients`): this unit returns only its own value's, with
-    the later units' shares in it. Not twice differentiable.
+    the later units' shares in it. With ``recomputed``
+    (:class:`RecomputedValues`), the values are not kept for backward but
+    made again there. Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, coef, bias, x, value_grads, *values):
+    def forward(ctx, coef, bias, x, value_grads, recomputed, *values):
         """``coef`` [N, C, S], ``bias`` [B, C], ``x`` [N, C, H, W] or None,
-        ``value_grads`` (:class:`ValueGradients` or None), S ``values`` [N,
-        C, H, W] (value s is memory entry s) -> [N, C, H, W]."""
-        ctx.save_for_backward(coef, *values)
+        ``value_grads`` (:class:`ValueGradients` or None), ``recomputed``
+        (:class:`RecomputedValues` or None), S ``values`` [N, C, H, W]
+        (value s is memory entry s) -> [N, C, H, W]."""
+        if recomputed is None:
+            ctx.save_for_backward(coef, *values)
+        else:
+            ctx.save_for_backward(coef)
+            recomputed.read(len(values))
+            ctx.num_values = len(values)
+            ctx.size = values[-1].shape[-2:]
+        ctx.recomputed = recomputed
         ctx.bias_rows = bias.shape[0]
         ctx.bias_dtype = bias.dtype
         ctx.value_grads = value_grads
@@ -292,6 +383,10 @@ class AffineMix(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple:
         coef, *values = ctx.saved_tensors
+        if ctx.recomputed is not None:
+            values = [
+                ctx.recomputed.get(s, ctx.size) for s in range(ctx.num_values)
+            ]
         need = ctx.needs_input_grad
         grad_coef = grad_bias = grad_x = None
         if need[0]:
@@ -308,7 +403,7 @@ class AffineMix(torch.autograd.Function):
         grad_values = []
         for s in range(len(values)):
             weight = coef[:, :, s, None, None]
-            if not need[s + 4]:
+            if not need[s + 5]:
                 grad_values.append(None)
             elif chain is None:
                 grad_values.append(grad * weight)
@@ -317,4 +412,4 @@ class AffineMix(torch.autograd.Function):
                 grad_values.append(None)
             else:
                 grad_values.append(chain.take(s, grad, weight))
-        return (grad_coef, grad_bias, grad_x, None, *grad_values)
+        return (grad_coef, grad_bias, grad_x, None, None, *grad_values)

@@ -1,5 +1,5 @@
 """ELA FPN: mmdet's FPN whose levels retrieve from the coarser levels."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
@@ -7,8 +7,8 @@ from torch import Tensor
 
 from ..layers import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
                       LayerAttentionMemory, LayerAttentionStack, check_compile,
-                      check_drop_path_rate, check_value_conv,
-                      check_value_stride)
+                      check_drop_path_rate, check_recompute_values,
+                      check_value_conv, check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -44,6 +44,9 @@ class ELAFPN(FPN):
             Default: 1.
         attn_compile (bool): the units' attention and affine output through
             ``torch.compile``. Affine output only. Default: False.
+        attn_recompute_values (bool, optional): the units make their values
+            again in backward instead of keeping them (see
+            :class:`ELAResNet`). None: on CUDA only. Default: None.
         **kwargs: every argument of :class:`mmdet.models.necks.FPN`.
 
     Example:
@@ -62,6 +65,7 @@ class ELAFPN(FPN):
                  attn_value_conv: bool = True,
                  attn_value_stride: int = DEFAULT_VALUE_STRIDE,
                  attn_compile: bool = False,
+                 attn_recompute_values: Optional[bool] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if (isinstance(dim_per_head, bool)
@@ -74,6 +78,8 @@ class ELAFPN(FPN):
         check_value_conv('ELAFPN', attn_value_conv)
         check_value_stride('ELAFPN', attn_value_stride)
         check_compile('ELAFPN', attn_compile, attn_norm_cfg)
+        check_recompute_values('ELAFPN', attn_recompute_values, attn_norm_cfg,
+                               attn_value_conv, attn_compile)
         last = max(self.num_outs - 1, 1)
         self.attn = LayerAttentionStack(
             [self.out_channels] * self.num_outs,
@@ -84,7 +90,8 @@ class ELAFPN(FPN):
             ],
             value_conv=attn_value_conv,
             value_stride=attn_value_stride,
-            compiled=attn_compile)
+            compiled=attn_compile,
+            recompute_values=attn_recompute_values)
         guard_mask_loading(self)  # all-or-nothing mask loading
 
     def forward(self, inputs: Tuple[Tensor]) -> tuple:
