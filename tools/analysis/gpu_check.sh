@@ -14,6 +14,10 @@
 #   bench_retinanet   benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
 #                     batch 2, --amp, variants plain dense alt (half resolution) pruned,
 #                     then one round op by op (--op-costs 1: where the extra time goes)
+#   bench_retinanet_kept
+#                     the same with the values kept for backward
+#                     (attn_recompute_values=False; on CUDA the units make them again
+#                     by default): what recomputing costs in time and saves in memory
 #   bench_backbone_bn, bench_retinanet_bn
 #                     the same two with the unit of mmdet-ela 0.1 (a BN output,
 #                     attn_norm_cfg=dict(type='BN'))
@@ -44,7 +48,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda unit_cost bench_backbone bench_retinanet bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda unit_cost bench_backbone bench_retinanet bench_retinanet_kept bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -109,6 +113,10 @@ step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size
 step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \
   --device cuda --amp --variants plain dense alt pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json" \
   --op-costs 1 --alt-options model.backbone.attn_value_stride=2
+step bench_retinanet_kept 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_kept.json" \
+  --cfg-options model.backbone.attn_recompute_values=False
 step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
   --cfg-options attn_norm_cfg.type=BN
