@@ -302,6 +302,17 @@ def test_recomputed_values_lower_a_backbone_step_peak():
     assert peaks[True] < 0.97 * peaks[False]  # 0.947 when written
 
 
+def test_recomputed_value_of_an_input_changed_in_place_is_refused():
+    unit = LayerAttention(8, dim_per_head=4, recompute_values=True)
+    torch.nn.init.normal_(unit.norm.weight)
+    x = torch.rand(1, 8, 4, 4, requires_grad=True)
+    h = x * 1
+    z = unit(h, LayerAttentionMemory())
+    h.add_(1)  # what autograd refuses for a saved tensor
+    with pytest.raises(RuntimeError, match='modified in place'):
+        z.sum().backward()
+
+
 def test_recompute_values_by_default_on_cuda_only():
     unit = LayerAttention(8, dim_per_head=4)
     memory = LayerAttentionMemory()

@@ -554,7 +554,8 @@ class LayerAttention(BaseModule):
         # RecomputedValues), and x's own graph would close a cycle through
         # it that Python's garbage collector cannot see.
         return ValueRecipe(x.detach(), conv.weight.detach(), conv.stride,
-                           conv.padding, conv.dilation, value.dtype)
+                           conv.padding, conv.dilation, value.dtype,
+                           x._version)
 
     def query_key_weights(self) -> Tensor:
         """The query's and the key's kernels as one ``conv1d`` weight, [2, 1,

@@ -277,6 +277,7 @@ class ValueRecipe(NamedTuple):
         stride, padding, dilation (tuple): the convolution's.
         dtype (torch.dtype): the value's dtype (under autocast, the
             convolution's).
+        version (int): ``x``'s version counter when V was made.
     """
     x: Tensor
     weight: Tensor
@@ -284,9 +285,21 @@ class ValueRecipe(NamedTuple):
     padding: tuple
     dilation: tuple
     dtype: torch.dtype
+    version: int
 
     def compute(self) -> Tensor:
-        """V again, [N, C, h, w]: the forward's convolution, in its dtype."""
+        """V again, [N, C, h, w]: the forward's convolution, in its dtype.
+
+        Raises:
+            RuntimeError: ``x`` was modified in place since (as autograd
+                refuses a saved tensor that was).
+        """
+        if self.x._version != self.version:
+            raise RuntimeError(
+                'ELA: a block output was modified in place after its unit '
+                'stored a value made from it, so backward cannot make the '
+                'value again; do not modify it in place, or build the model '
+                'with attn_recompute_values=False')
         with torch.no_grad(), torch.autocast(
                 self.x.device.type, enabled=False):
             return F.conv2d(
