@@ -252,6 +252,36 @@ def test_recomputed_values_same_gradients_less_kept(chained):
         lambda t: _run_units(units, t, block, chained)[0], (x, ))
 
 
+def test_recomputed_values_in_two_backward_passes():
+    """backward twice over one graph (retain_graph): each pass makes the
+    values again for itself, and both give the kept values' gradients."""
+    torch.manual_seed(0)
+    units = [
+        LayerAttention(8, dim_per_head=4, recompute_values=True).double()
+        for _ in range(2)
+    ]
+    for unit in units:
+        torch.nn.init.normal_(unit.norm.weight)
+    x = _double(2, 8, 5, 4)
+
+    def run():
+        memory = LayerAttentionMemory(chained=True)
+        h = x
+        for unit in units:
+            h = unit(torch.tanh(h), memory)
+        return h.square().sum(), memory
+
+    loss, memory = run()
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, x)[0]
+    assert not memory.recomputed._passes
+    for unit in units:
+        unit.recompute_values = False
+    kept = torch.autograd.grad(run()[0], x)[0]
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    torch.testing.assert_close(second, kept, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('kwargs', [
     dict(recompute_values='yes'),
     dict(recompute_values=1),
