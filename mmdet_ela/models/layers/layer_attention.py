@@ -520,36 +520,40 @@ class LayerAttention(BaseModule):
                 x, memory) else None
             z, key, value = self._attend(x, memory.keys, memory.values,
                                          memory.value_grads, recomputed)
-        memory.append(key, value, self._value_recipe(x, value))
+        recipe = None  # only where values are made again: no cost elsewhere
+        if self._makes_values_again(x):
+            recipe = self._value_recipe(x, value)
+        memory.append(key, value, recipe)
         return z
 
     @property
     def _affine(self) -> bool:
         return isinstance(self.norm, ChannelAffine)
 
-    def _recomputes_values(self, x: Tensor,
-                           memory: LayerAttentionMemory) -> bool:
-        """Whether this unit makes the memory's values again in backward
-        (:class:`~.ops.RecomputedValues`) instead of keeping them.
+    def _makes_values_again(self, x: Tensor) -> bool:
+        """Whether this unit, for ``x``, makes values again in backward
+        instead of keeping them (:class:`~.ops.RecomputedValues`).
 
         By default (``recompute_values=None``) on CUDA, where memory is what
         limits training and the depthwise convolution is one cheap pass; on
-        CPU that convolution is the unit's costliest op. Only for the affine
-        output with a value convolution, uncompiled, and when every earlier
-        value of the memory can be made again."""
+        CPU that convolution is the unit's costliest op. Only with autograd
+        on, for the affine output with a value convolution, uncompiled."""
         wanted = self.recompute_values
         if wanted is None:
             wanted = x.device.type == 'cuda'
-        return (wanted and self._affine and self.value is not None
-                and not self.compiled
+        return (wanted and torch.is_grad_enabled() and self._affine
+                and self.value is not None and not self.compiled)
+
+    def _recomputes_values(self, x: Tensor,
+                           memory: LayerAttentionMemory) -> bool:
+        """:meth:`_makes_values_again`, and every earlier value of
+        ``memory`` can be made again."""
+        return (self._makes_values_again(x)
                 and memory.recomputed.covers(len(memory)))
 
-    def _value_recipe(self, x: Tensor, value: Tensor) -> Optional[ValueRecipe]:
-        """How ``value`` was made from ``x``; None without a value
-        convolution."""
+    def _value_recipe(self, x: Tensor, value: Tensor) -> ValueRecipe:
+        """How ``value`` was made from ``x`` by the value convolution."""
         conv = self.value
-        if conv is None:
-            return None
         # Detached: the backward graph holds the recipes (through
         # RecomputedValues), and x's own graph would close a cycle through
         # it that Python's garbage collector cannot see.
