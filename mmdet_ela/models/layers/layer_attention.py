@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, RecomputedValues,
                   ValueGradients, ValueRecipe, WeightedSumOverMemory,
-                  affine_mix, mix_values, query_key)
+                  affine_mix, mix_values, query_key, resize_values)
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -189,18 +189,6 @@ class LayerAttentionMemory:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-def resize_values(values: List[Tensor], size: tuple) -> List[Tensor]:
-    """The memory's values at ``size`` (H, W), nearest; each [N, C, H, W].
-
-    Values of a pyramid's coarser levels are resized; the others are
-    returned as they are.
-    """
-    return [
-        v if v.shape[-2:] == size else F.interpolate(
-            v, size=size, mode='nearest') for v in values
-    ]
 
 
 def upsample_add(x: Tensor, low: Tensor) -> Tensor:

@@ -266,6 +266,18 @@ class ValueGradients:
         return grad * weight if total is None else total.addcmul_(grad, weight)
 
 
+def resize_values(values: List[Tensor], size: tuple) -> List[Tensor]:
+    """The memory's values at ``size`` (H, W), nearest; each [N, C, H, W].
+
+    Values of a pyramid's coarser levels are resized; the others are
+    returned as they are.
+    """
+    return [
+        v if v.shape[-2:] == size else F.interpolate(
+            v, size=size, mode='nearest') for v in values
+    ]
+
+
 class ValueRecipe(NamedTuple):
     """How a unit computed its value V = dwconv(X), so that backward can
     compute it again instead of keeping it from forward.
@@ -340,9 +352,8 @@ class RecomputedValues:
             self._readers[index] += 1
 
     def get(self, index: int, size: torch.Size) -> Tensor:
-        """Value ``index`` at ``size`` (H, W) (nearest, as
-        :func:`~.layer_attention.resize_values`), for one reader in the
-        running backward pass."""
+        """Value ``index`` at ``size`` (H, W) (:func:`resize_values`), for
+        one reader in the running backward pass."""
         task = torch._C._current_graph_task_id()
         cache = self._passes.setdefault(task, {})
         entry = cache.get(index)
@@ -353,10 +364,7 @@ class RecomputedValues:
             del cache[index]
             if not cache:
                 del self._passes[task]
-        value = entry[0]
-        if value.shape[-2:] != size:
-            value = F.interpolate(value, size=size, mode='nearest')
-        return value
+        return resize_values([entry[0]], size)[0]
 
 
 class AffineMix(torch.autograd.Function):
