@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mmdet_ela.utils import KEEP_FREED_MEMORY
+from mmdet_ela.utils import KEEP_FREED_MEMORY, allocator
 
 pytestmark = pytest.mark.skipif(
     platform.libc_ver()[0] != 'glibc', reason='glibc only')
@@ -74,4 +74,27 @@ def test_keep_freed_memory_stops_refaulting():
 
 def test_keep_freed_memory_returns_its_settings():
     assert _run('keep')['settings'] == KEEP_FREED_MEMORY
-    assert KEEP_FREED_MEMORY['mmap_threshold'] == 32 << 20
+    assert KEEP_FREED_MEMORY['mmap_threshold'] == 512 << 20
+
+
+def test_mmap_threshold_falls_back_to_the_documented_limit():
+    """A glibc that refuses an mmap threshold above 32 MiB (mallopt(3)'s
+    documented limit) gets 32 MiB; one that refuses that too is an error."""
+    calls = []
+
+    def limited(limit):
+
+        def mallopt(param, value):
+            calls.append((param, value))
+            return int(param != allocator._M_MMAP_THRESHOLD or value <= limit)
+
+        return mallopt
+
+    applied = allocator.apply_settings(limited(32 << 20))
+    assert applied == dict(KEEP_FREED_MEMORY, mmap_threshold=32 << 20)
+    assert calls == [(allocator._M_MMAP_THRESHOLD, 512 << 20),
+                     (allocator._M_MMAP_THRESHOLD, 32 << 20),
+                     (allocator._M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert allocator.apply_settings(limited(1 << 30)) == KEEP_FREED_MEMORY
+    with pytest.raises(RuntimeError, match='mmap_threshold=33554432'):
+        allocator.apply_settings(limited(1 << 20))

@@ -347,7 +347,7 @@ def test_benchmark_backbone_with_memory(tmp_path):
     ])
     assert res['settings']['keep_freed_memory']
     assert res['environment']['keep_freed_memory'] == KEEP_FREED_MEMORY
-    assert '--keep-freed-memory (glibc mallopt mmap_threshold=33554432' in \
+    assert '--keep-freed-memory (glibc mallopt mmap_threshold=536870912' in \
         format_results(res)
     v = res['variants']
     assert list(v) == ['plain', 'mask'] and res['ebqm'] is None

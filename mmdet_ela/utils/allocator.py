@@ -8,21 +8,23 @@ and reallocates more full-size tensors per step (ELA's units do) pays for it
 more than plain ResNet. :func:`keep_freed_memory` sets the two thresholds by
 ``mallopt``, the same as starting the process with
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:\\
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=536870912:\\
 glibc.malloc.trim_threshold=2147483647
 
 It applies to the whole process (plain models too) and costs memory: freed
-blocks stay in the process. A block of 32 MiB or more is still mapped (and
-faulted in again after it is freed) when the heap has no free chunk that
-holds it, e.g. the largest feature maps of big CPU inputs. It does nothing
-on GPU memory, which PyTorch's CUDA caching allocator keeps already, nor
-under another allocator loaded by ``LD_PRELOAD`` (jemalloc, tcmalloc),
-which ``mallopt`` does not reach.
+blocks stay in the process. Blocks of 512 MiB or more are still mapped (and
+faulted in again after they are freed). A glibc that refuses an mmap
+threshold above 32 MiB, the upper limit ``mallopt(3)`` documents for 64-bit
+systems, gets 32 MiB: blocks from 32 MiB on, e.g. the largest feature maps
+of COCO-sized CPU inputs, are then still mapped. It does nothing on GPU
+memory, which PyTorch's CUDA caching allocator keeps already, nor under
+another allocator loaded by ``LD_PRELOAD`` (jemalloc, tcmalloc), which
+``mallopt`` does not reach.
 """
 import ctypes
 import ctypes.util
 import platform
-from typing import Dict
+from typing import Callable, Dict
 
 __all__ = ['KEEP_FREED_MEMORY', 'keep_freed_memory']
 
@@ -30,24 +32,58 @@ __all__ = ['KEEP_FREED_MEMORY', 'keep_freed_memory']
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-#: The settings :func:`keep_freed_memory` applies: blocks up to 32 MiB
-#: (the upper limit ``mallopt(3)`` documents for 64-bit glibc; glibc 2.36
-#: accepted more in our probe) come from the heap, and the top of the heap
-#: goes back to the system only when more than 2 GiB of it is free
-#: (``mallopt`` takes a C int).
+#: The settings :func:`keep_freed_memory` applies: blocks up to 512 MiB
+#: come from the heap, and the top of the heap goes back to the system only
+#: when more than 2 GiB of it is free (``mallopt`` takes a C int).
 KEEP_FREED_MEMORY: Dict[str, int] = dict(
-    mmap_threshold=32 * 2**20, trim_threshold=2**31 - 1)
+    mmap_threshold=512 * 2**20, trim_threshold=2**31 - 1)
+
+#: The mmap threshold where glibc refuses :data:`KEEP_FREED_MEMORY`'s: the
+#: upper limit ``mallopt(3)`` documents for 64-bit systems.
+DOCUMENTED_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def apply_settings(mallopt: Callable[[int, int], int]) -> Dict[str, int]:
+    """Set :data:`KEEP_FREED_MEMORY` through ``mallopt``, the mmap threshold
+    falling back to :data:`DOCUMENTED_MMAP_THRESHOLD_MAX` where it is
+    refused.
+
+    Args:
+        mallopt (Callable[[int, int], int]): glibc's ``mallopt(param,
+            value)``, 1 on success.
+
+    Returns:
+        dict: the settings applied.
+
+    Raises:
+        RuntimeError: glibc refused a value (after the fallback).
+    """
+    applied = dict(KEEP_FREED_MEMORY)
+    for threshold in (applied['mmap_threshold'],
+                      DOCUMENTED_MMAP_THRESHOLD_MAX):
+        if mallopt(_M_MMAP_THRESHOLD, threshold) == 1:
+            applied['mmap_threshold'] = threshold
+            break
+    else:
+        raise RuntimeError(
+            f'glibc refused mallopt mmap_threshold={threshold}: run without '
+            '--keep-freed-memory')
+    if mallopt(_M_TRIM_THRESHOLD, applied['trim_threshold']) != 1:
+        raise RuntimeError(
+            f'glibc refused mallopt trim_threshold={applied["trim_threshold"]}'
+            ': run without --keep-freed-memory')
+    return applied
 
 
 def keep_freed_memory() -> Dict[str, int]:
     """Set glibc's mmap and trim thresholds of this process to
-    :data:`KEEP_FREED_MEMORY`.
+    :data:`KEEP_FREED_MEMORY` (see :func:`apply_settings`).
 
     Call it early, before the model is built: blocks mapped before the call
     are still unmapped when freed.
 
     Returns:
-        dict: the settings applied (a copy of :data:`KEEP_FREED_MEMORY`).
+        dict: the settings applied.
 
     Raises:
         RuntimeError: the C library is not glibc, or glibc refused a value.
@@ -59,12 +95,4 @@ def keep_freed_memory() -> Dict[str, int]:
             'keep_freed_memory (--keep-freed-memory) sets glibc\'s malloc; '
             f'this process runs on {libc_name or platform.system()!r}. Run '
             'without it.')
-    libc = ctypes.CDLL(path)
-    for name, param in (('mmap_threshold', _M_MMAP_THRESHOLD),
-                        ('trim_threshold', _M_TRIM_THRESHOLD)):
-        value = KEEP_FREED_MEMORY[name]
-        if libc.mallopt(param, value) != 1:
-            raise RuntimeError(
-                f'glibc refused mallopt {name}={value}: run without '
-                '--keep-freed-memory')
-    return dict(KEEP_FREED_MEMORY)
+    return apply_settings(ctypes.CDLL(path).mallopt)
