@@ -493,6 +493,7 @@ class LayerAttention(BaseModule):
         Returns:
             Tensor: Z_b, [N, C, H, W].
         """
+        recomputed = None
         if self.with_cp and x.requires_grad:
             # Non-reentrant checkpoint; pass copies of the memory lists, which
             # grow after this call and must look the same at recomputation.
@@ -504,39 +505,36 @@ class LayerAttention(BaseModule):
                 memory.value_grads,
                 use_reentrant=False)
         else:
-            recomputed = memory.recomputed if self._recomputes_values(
-                x, memory) else None
+            if self._recomputes_values(x, memory):
+                recomputed = memory.recomputed
             z, key, value = self._attend(x, memory.keys, memory.values,
                                          memory.value_grads, recomputed)
-        recipe = None  # only where values are made again: no cost elsewhere
-        if self._makes_values_again(x):
-            recipe = self._value_recipe(x, value)
-        memory.append(key, value, recipe)
+        # A recipe only where values are made again (no cost elsewhere); a
+        # memory without one for this value makes no later value again.
+        memory.append(
+            key, value,
+            None if recomputed is None else self._value_recipe(x, value))
         return z
 
     @property
     def _affine(self) -> bool:
         return isinstance(self.norm, ChannelAffine)
 
-    def _makes_values_again(self, x: Tensor) -> bool:
-        """Whether this unit, for ``x``, makes values again in backward
-        instead of keeping them (:class:`~.ops.RecomputedValues`).
+    def _recomputes_values(self, x: Tensor,
+                           memory: LayerAttentionMemory) -> bool:
+        """Whether this unit makes the memory's values again in backward
+        (:class:`~.ops.RecomputedValues`) instead of keeping them.
 
         By default (``recompute_values=None``) on CUDA, where memory is what
         limits training and the depthwise convolution is one cheap pass; on
         CPU that convolution is the unit's costliest op. Only with autograd
-        on, for the affine output with a value convolution, uncompiled."""
+        on, for the affine output with a value convolution, uncompiled, and
+        when every earlier value of ``memory`` can be made again."""
         wanted = self.recompute_values
         if wanted is None:
             wanted = x.device.type == 'cuda'
         return (wanted and torch.is_grad_enabled() and self._affine
-                and self.value is not None and not self.compiled)
-
-    def _recomputes_values(self, x: Tensor,
-                           memory: LayerAttentionMemory) -> bool:
-        """:meth:`_makes_values_again`, and every earlier value of
-        ``memory`` can be made again."""
-        return (self._makes_values_again(x)
+                and self.value is not None and not self.compiled
                 and memory.recomputed.covers(len(memory)))
 
     def _value_recipe(self, x: Tensor, value: Tensor) -> ValueRecipe:
