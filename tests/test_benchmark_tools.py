@@ -7,6 +7,7 @@ import json
 import mmap
 import os
 import os.path as osp
+import statistics
 import subprocess
 
 import numpy as np
@@ -19,8 +20,8 @@ from mmdet_ela.analysis.memory import peak_allocated_bytes
 from mmdet_ela.analysis.op_costs import op_costs, op_deltas, op_split
 from mmdet_ela.analysis.report import format_results
 from mmdet_ela.analysis.settings import ebqm_defaults
-from mmdet_ela.analysis.timing import (add_ratios, paired_ratios,
-                                       time_interleaved)
+from mmdet_ela.analysis.timing import (add_ratios, median_interval,
+                                       paired_ratios, time_interleaved)
 from mmdet_ela.analysis.variants import (ELA_ONLY_ARGS, PLAIN_TYPES,
                                          build_model, drop_pretrained,
                                          plain_model_cfg)
@@ -164,12 +165,40 @@ def test_paired_ratios_divide_within_rounds():
     assert x['train_round_ratio'] == pytest.approx(1.1)
     low, high = x['train_round_ratio_iqr']
     assert low == pytest.approx(1.1) and 1.1 < high <= 1.2
+    assert x['train_round_ratio_ci'] is None  # 4 rounds: too few
     one = paired_ratios(dict(plain=[2.0], x=[3.0]), 'plain', 'infer')['x']
     assert one['infer_round_ratio_iqr'] == [1.5, 1.5]
+    assert one['infer_round_ratio_ci'] is None
     with pytest.raises(ValueError, match="base='p'"):
         paired_ratios(times, 'p', 'train')
     with pytest.raises(ValueError, match="'x' has 1 rounds"):
         paired_ratios(dict(plain=[1.0, 2.0], x=[1.0]), 'plain', 'train')
+
+
+def test_median_interval_is_binomial_order_statistics():
+    """The interval holds the median with the stated confidence: its order
+    statistics follow from the binomial distribution, not from the spread
+    of the values."""
+    ratios = [1.0 + 0.01 * k for k in (7, 3, 9, 1, 5, 10, 2, 8, 4, 6)]
+    low, high = median_interval(ratios)
+    # 10 values: the 2nd and 9th smallest (P(Binom(10, .5) <= 1) < 2.5%)
+    assert (low, high) == (pytest.approx(1.02), pytest.approx(1.09))
+    # an outlier (the largest ratio made huge) moves the mean, not this
+    assert median_interval([9.0 if r == max(ratios) else r
+                            for r in ratios]) == [low, high]
+    # more rounds of the same spread: a narrower interval
+    many = sorted(ratios * 3)
+    low30, high30 = median_interval(many)
+    assert low <= low30 <= statistics.median(many) <= high30 <= high
+    assert high30 - low30 < high - low
+    times = dict(plain=[1.0] * 10, x=ratios)
+    assert paired_ratios(
+        times, 'plain',
+        'train')['x']['train_round_ratio_ci'] == pytest.approx([low, high])
+    assert median_interval(ratios[:5]) is None
+    assert median_interval(ratios[:6]) == pytest.approx([1.01, 1.1])
+    with pytest.raises(ValueError, match='confidence=1.5'):
+        median_interval(ratios, confidence=1.5)
 
 
 def test_time_interleaved_counts_fresh_pages():
@@ -300,6 +329,7 @@ def test_benchmark_config_every_variant(tmp_path):
         assert len(info['infer_round_ratio_all']) == len(info['infer_ms_all'])
     assert 'train_round_ratio' not in v['plain']
     assert 'rounds q1-q3' in format_results(res)
+    assert 'median 95% CI' in format_results(res)
     # allocated tensors: the units' values and outputs come on top
     assert 'max_memory_allocated' in res['memory_method']
     assert 0 < v['plain']['peak_mem_mb'] < v['dense']['peak_mem_mb']
@@ -367,6 +397,7 @@ def test_unit_cost_times_chained_and_unchained(tmp_path):
     assert res['unchained_ms'] > 0 and res['chained_ms'] > 0
     low, high = res['chained_to_unchained_iqr']
     assert low <= res['chained_to_unchained'] <= high
+    assert res['chained_to_unchained_ci'] is None  # 3 rounds: too few
     with open(out) as f:
         assert json.load(f)['shape'] == [2, 64, 8, 8]
     with pytest.raises(SystemExit):

@@ -15,6 +15,7 @@ COLUMNS = (
     ('train ms', 'train_ms', '.1f', 1),
     ('x plain', 'train_ratio', '.3f', 1),
     ('rounds q1-q3', 'train_round_ratio_iqr', 'range', 1),
+    ('median 95% CI', 'train_round_ratio_ci', 'range', 1),
     ('infer ms', 'infer_ms', '.1f', 1),
     ('x plain', 'infer_ratio', '.3f', 1),
     ('peak MB', 'peak_mem_mb', '.0f', 1),
@@ -157,7 +158,10 @@ def format_results(results: Mapping[str, Any]) -> str:
     if any('train_round_ratio_iqr' in v for v in results['variants'].values()):
         lines.append('rounds q1-q3: quartiles of the train step\'s ratio to '
                      'plain, round by round (each step over plain\'s step '
-                     'of the same interleaved round)')
+                     'of the same interleaved round); median 95% CI: a '
+                     'confidence interval of their median (order '
+                     'statistics, no normality assumed; rounds taken as '
+                     'independent; - with fewer than 6 rounds)')
     if any('train_faults' in v for v in results['variants'].values()):
         lines.append('faults/step: minor page faults of one train step '
                      '(median), i.e. fresh memory pages it touched')

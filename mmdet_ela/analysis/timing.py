@@ -7,7 +7,8 @@ that goes first every round, and returns every repeat; :func:`summarize`
 reduces them to medians and :func:`add_ratios` to ratios against a baseline.
 :func:`paired_ratios` divides each call by the baseline's call of the same
 round instead: a slow phase that lasts a round cancels out, and the spread of
-those ratios shows how far a single median ratio can be trusted.
+those ratios shows how far a single median ratio can be trusted;
+:func:`median_interval` gives a confidence interval of their median.
 
 On CPU, a step's time also depends on how many fresh memory pages it touches:
 the C allocator hands large freed blocks back to the operating system, and
@@ -21,11 +22,15 @@ from typing import (Callable, Dict, List, Mapping, MutableMapping, Optional,
                     Sequence)
 
 import torch
+from scipy import stats
 
 __all__ = [
     'RATIO_FIELDS', 'synchronize', 'minor_faults', 'time_interleaved',
-    'median_ms', 'summarize', 'add_ratios', 'paired_ratios'
+    'median_ms', 'summarize', 'add_ratios', 'median_interval', 'paired_ratios'
 ]
+
+#: Confidence level of :func:`median_interval` in :func:`paired_ratios`.
+CONFIDENCE = 0.95
 
 #: ``(field, ratio field)`` pairs that :func:`add_ratios` divides by the
 #: baseline's field.
@@ -150,6 +155,38 @@ def add_ratios(variants: MutableMapping[str, MutableMapping[str, object]],
                 info[ratio] = info[field] / reference[field]
 
 
+def median_interval(values: Sequence[float],
+                    confidence: float = CONFIDENCE) -> Optional[List[float]]:
+    """A distribution-free confidence interval of the median of ``values``.
+
+    Two order statistics of the values, chosen by the binomial distribution
+    (``scipy.stats.quantile_test``): it assumes the values are independent
+    draws of one distribution, not that it is normal. With
+    ``confidence=0.95`` 6 values are the fewest that give one; with 10 it
+    runs from the 2nd to the 9th smallest, with 30 from the 10th to the
+    21st.
+
+    Args:
+        values (Sequence[float]): e.g. the ratios of interleaved rounds.
+        confidence (float): in (0, 1). Default: 0.95.
+
+    Returns:
+        list[float] | None: ``[low, high]``, or None where there are too few
+        values for that confidence.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f'median_interval: confidence={confidence!r} must '
+                         'be in (0, 1)')
+    if len(values) < 2:
+        return None
+    interval = stats.quantile_test(
+        list(values), q=statistics.median(values),
+        p=0.5).confidence_interval(confidence)
+    if any(v != v for v in interval):  # NaN: too few values
+        return None
+    return [float(interval.low), float(interval.high)]
+
+
 def paired_ratios(times: Mapping[str, Sequence[float]], base: str,
                   prefix: str) -> Dict[str, Dict[str, object]]:
     """Per-round ratios to ``base`` and their median and quartiles.
@@ -166,9 +203,11 @@ def paired_ratios(times: Mapping[str, Sequence[float]], base: str,
 
     Returns:
         dict: ``{name: {prefix_round_ratio: median, prefix_round_ratio_iqr:
-        [q1, q3], prefix_round_ratio_all: [every round]}}`` for every name
-        but ``base``; with fewer than two rounds the quartiles are the one
-        ratio.
+        [q1, q3], prefix_round_ratio_ci: [low, high] or None,
+        prefix_round_ratio_all: [every round]}}`` for every name but
+        ``base``; with fewer than two rounds the quartiles are the one
+        ratio. ``_ci`` is the 95% confidence interval of the median
+        (:func:`median_interval`; None with fewer than 6 rounds).
     """
     if base not in times:
         raise ValueError(f'paired_ratios: base={base!r} is not one of '
@@ -187,6 +226,7 @@ def paired_ratios(times: Mapping[str, Sequence[float]], base: str,
         out[name] = {
             f'{prefix}_round_ratio': statistics.median(ratios),
             f'{prefix}_round_ratio_iqr': [quartiles[0], quartiles[2]],
+            f'{prefix}_round_ratio_ci': median_interval(ratios),
             f'{prefix}_round_ratio_all': ratios
         }
     return out

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         unchained_ms=median_ms(times['unchained']),
         chained_ms=median_ms(times['chained']),
         chained_to_unchained=ratio['step_round_ratio'],
-        chained_to_unchained_iqr=ratio['step_round_ratio_iqr'])
+        chained_to_unchained_iqr=ratio['step_round_ratio_iqr'],
+        chained_to_unchained_ci=ratio['step_round_ratio_ci'])
 
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
@@ -102,12 +103,14 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     res = run(args)
     low, high = res['chained_to_unchained_iqr']
+    ci = res['chained_to_unchained_ci']
+    ci_text = f', median 95% CI {ci[0]:.3f}-{ci[1]:.3f}' if ci else ''
     print(f'{args.units} units on {res["shape"]}, '
           f'{res["environment"]["device_name"]}, forward + backward: '
           f'unchained {res["unchained_ms"]:.1f} ms, chained '
           f'{res["chained_ms"]:.1f} ms; chained / unchained round by round '
           f'{res["chained_to_unchained"]:.3f} (quartiles {low:.3f}-'
-          f'{high:.3f})')
+          f'{high:.3f}{ci_text})')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(res, f, indent=2)
