@@ -163,3 +163,38 @@ def test_cuda_recomputed_values_match_kept(autocast):
     for recompute in (None, True):
         for a, b in zip(run(recompute), kept):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_cuda_replayed_outputs_match_kept(autocast):
+    """On CUDA the backbone computes its units' outputs (and values) again
+    in backward by default: the same outputs and gradients as keeping them,
+    in fp32 and under autocast (the replay in the forward's dtype)."""
+    from mmdet_ela.models import ELAResNet
+    from mmdet_ela.models.layers import LayerAttention
+    x = torch.rand(2, 3, 96, 96, device='cuda')
+
+    def run(recompute):
+        torch.manual_seed(0)
+        model = ELAResNet(
+            depth=50,
+            base_channels=16,
+            dim_per_head=16,
+            attn_recompute_values=recompute,
+            attn_recompute_outputs=recompute).cuda()
+        for m in model.modules():
+            if isinstance(m, LayerAttention):
+                torch.nn.init.normal_(m.norm.weight)
+        probe = torch.ones(1, device='cuda', requires_grad=True)
+        assert model.layer1._recomputes_outputs(probe) is (recompute
+                                                           is not False)
+        with torch.autocast('cuda', dtype=torch.float16, enabled=autocast):
+            outs = model(x)
+        loss = sum(o.float().square().mean() for o in outs)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        return list(outs) + list(grads)
+
+    kept = run(False)
+    for recompute in (None, True):
+        for a, b in zip(run(recompute), kept):
+            torch.testing.assert_close(a, b)

@@ -157,10 +157,12 @@ def test_ema_hook_is_refused(tiny_shapes, tmp_path):
 
 def test_two_gloo_processes(tiny_shapes, tmp_path):
     """The same config on 2 CPU processes through tools/dist_train.sh, with
-    the values made again in backward (as on CUDA by default)."""
+    the values and the backbone units' outputs made again in backward (as
+    on CUDA by default)."""
     work = str(tmp_path / 'wd')
     cfg = tiny_config(tiny_shapes, work, max_epochs=2, quantile=0.6)
     cfg.model.backbone.attn_recompute_values = True
+    cfg.model.backbone.attn_recompute_outputs = True
     cfg.model.neck.attn_recompute_values = True
     cfg_path = str(tmp_path / 'tiny.py')
     cfg.dump(cfg_path)

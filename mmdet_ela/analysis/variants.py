@@ -28,7 +28,8 @@ PLAIN_TYPES = {'ELAResNet': 'ResNet', 'ELAFPN': 'FPN'}
 #: Arguments that only the ELA modules take.
 ELA_ONLY_ARGS = ('dim_per_head', 'stage_with_attention', 'drop_path_rate',
                  'attn_norm_cfg', 'attn_value_conv', 'attn_value_stride',
-                 'attn_compile', 'attn_recompute_values')
+                 'attn_compile', 'attn_recompute_values',
+                 'attn_recompute_outputs')
 
 
 def _to_dict(cfg: Any) -> Any:

@@ -15,9 +15,10 @@
 #                     batch 2, --amp, variants plain dense alt (half resolution) pruned,
 #                     then one round op by op (--op-costs 1: where the extra time goes)
 #   bench_retinanet_kept
-#                     the same with the values kept for backward
-#                     (attn_recompute_values=False; on CUDA the units make them again
-#                     by default): what recomputing costs in time and saves in memory
+#                     the same with the values and the units' outputs kept for backward
+#                     (attn_recompute_values=False, attn_recompute_outputs=False; on CUDA
+#                     both are made again by default): what recomputing costs in time
+#                     and saves in memory
 #   bench_backbone_bn, bench_retinanet_bn
 #                     the same two with the unit of mmdet-ela 0.1 (a BN output,
 #                     attn_norm_cfg=dict(type='BN'))
@@ -116,7 +117,8 @@ step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --b
 step bench_retinanet_kept 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
   --batch-size 2 --device cuda --amp --variants plain dense pruned \
   --out "$OUT_DIR/bench_retinanet_r50_amp_kept.json" \
-  --cfg-options model.backbone.attn_recompute_values=False
+  --cfg-options model.backbone.attn_recompute_values=False \
+  model.backbone.attn_recompute_outputs=False
 step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
   --cfg-options attn_norm_cfg.type=BN

@@ -1,6 +1,8 @@
 """ELA ResNet: mmdet's ResNet with a layer-attention unit after every block."""
+from contextlib import nullcontext
 from typing import Iterator, Optional, Sequence, Union
 
+import torch
 import torch.nn as nn
 from mmdet.models.backbones.resnet import ResLayer, ResNet
 from mmdet.registry import MODELS
@@ -10,8 +12,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
                       LayerAttentionMemory, LayerAttentionStack, check_compile,
-                      check_drop_path_rate, check_recompute_values,
-                      check_value_conv, check_value_stride)
+                      check_drop_path_rate, check_recompute_outputs,
+                      check_recompute_values, check_value_conv,
+                      check_value_stride)
 from ..layers.attention_stack import guard_mask_loading
 
 
@@ -27,15 +30,22 @@ class ELAResLayer(BaseModule):
         blocks (nn.Sequential): the stage built by mmdet's ``ResLayer``.
         attn (LayerAttentionStack, optional): one unit per block; None = plain
             stage.
+        recompute_outputs (bool, optional): the next block saves each unit's
+            output as an :class:`~mmdet_ela.models.layers.replay.OutputReplay`
+            (computed again in backward) instead of keeping it; the last
+            unit's output is the stage's. None: on CUDA only. Default: None.
     """
 
-    def __init__(self, blocks: nn.Sequential,
-                 attn: Optional[LayerAttentionStack]) -> None:
+    def __init__(self,
+                 blocks: nn.Sequential,
+                 attn: Optional[LayerAttentionStack],
+                 recompute_outputs: Optional[bool] = None) -> None:
         super().__init__()
         for name, block in blocks.named_children():
             self.add_module(name, block)
         self.num_blocks = len(blocks)
         self.attn = attn
+        self.recompute_outputs = recompute_outputs
 
     def __len__(self) -> int:
         return self.num_blocks
@@ -52,11 +62,29 @@ class ELAResLayer(BaseModule):
     def forward(self, x: Tensor) -> Tensor:
         """[N, C_in, H, W] -> [N, C_out, H', W']."""
         memory = LayerAttentionMemory(chained=True)
+        replay = None  # the previous unit's output, computed again
         for i, block in enumerate(self):
-            x = block(x)
-            if self.attn is not None:
-                x = self.attn(i, x, memory)
+            with replay.replacing() if replay is not None else nullcontext():
+                x = block(x)
+            replay = None
+            if self.attn is None:
+                continue
+            if i < len(self) - 1 and self._recomputes_outputs(x):
+                replay = self.attn.output_replay(i, x, memory)
+            x = self.attn(i, x, memory)
+            if replay is not None:
+                replay.bind(x)
         return x
+
+    def _recomputes_outputs(self, x: Tensor) -> bool:
+        """Whether the units' outputs are computed again in backward for
+        block input ``x``: ``recompute_outputs``, None = on CUDA; only with
+        autograd, and not while tracing (FLOP counting)."""
+        wanted = self.recompute_outputs
+        if wanted is None:
+            wanted = x.device.type == 'cuda'
+        return (wanted and x.requires_grad and torch.is_grad_enabled()
+                and not torch.jit.is_tracing())
 
 
 def _is_int(value) -> bool:
@@ -113,6 +141,14 @@ class ELAResNet(ResNet):
             that convolution is the unit's costliest op). True needs the
             affine output, the value convolution and ``attn_compile=False``.
             Default: None.
+        attn_recompute_outputs (bool, optional): each unit's output (but
+            the last of a stage) is computed again in backward, where the
+            next block's first convolution needs it, instead of being kept
+            from forward: one full-size tensor less per unit between forward
+            and backward, one more forward of the unit in backward. Same
+            values bit for bit. Units with drop path active keep theirs.
+            None: on CUDA only. True needs the affine output and
+            ``attn_compile=False``. Default: None.
         **kwargs: the arguments of :class:`mmdet.models.ResNet`.
 
     Example:
@@ -132,6 +168,7 @@ class ELAResNet(ResNet):
                  attn_value_stride: int = DEFAULT_VALUE_STRIDE,
                  attn_compile: bool = False,
                  attn_recompute_values: Optional[bool] = None,
+                 attn_recompute_outputs: Optional[bool] = None,
                  **kwargs) -> None:
         num_stages = kwargs.get('num_stages', 4)
         frozen = kwargs.get('frozen_stages', -1)
@@ -141,6 +178,8 @@ class ELAResNet(ResNet):
         check_compile('ELAResNet', attn_compile, attn_norm_cfg)
         check_recompute_values('ELAResNet', attn_recompute_values,
                                attn_norm_cfg, attn_value_conv, attn_compile)
+        check_recompute_outputs('ELAResNet', attn_recompute_outputs,
+                                attn_norm_cfg, attn_compile)
         if stage_with_attention is None:
             stage_with_attention = [i >= frozen for i in range(num_stages)]
         stage_with_attention = self._check_stages(stage_with_attention,
@@ -155,6 +194,7 @@ class ELAResNet(ResNet):
         self.attn_value_stride = attn_value_stride
         self.attn_compile = attn_compile
         self.attn_recompute_values = attn_recompute_values
+        self.attn_recompute_outputs = attn_recompute_outputs
         self.attn_norm_cfg = attn_norm_cfg
         blocks = self.arch_settings[depth][1][:num_stages]
         num_units = sum(n for n, a in zip(blocks, stage_with_attention) if a)
@@ -185,7 +225,7 @@ class ELAResNet(ResNet):
                 with_cp=kwargs.get('with_cp', False),
                 compiled=self.attn_compile,
                 recompute_values=self.attn_recompute_values)
-        return ELAResLayer(blocks, attn)
+        return ELAResLayer(blocks, attn, self.attn_recompute_outputs)
 
     def _check_args(self, depth, num_stages, kwargs, drop_path_rate) -> None:
         if not _is_int(depth) or depth not in self.arch_settings:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .layer_attention import (DEFAULT_NORM_CFG, DEFAULT_VALUE_STRIDE,
                               LayerAttention, LayerAttentionMemory)
+from .replay import OutputReplay
 
 
 class LayerAttentionStack(BaseModule):
@@ -93,6 +94,13 @@ class LayerAttentionStack(BaseModule):
         if key not in self.units:
             return x
         return self.units[key](x, memory)
+
+    def output_replay(self, index: int, x: Tensor,
+                      memory: LayerAttentionMemory) -> Optional[OutputReplay]:
+        """Unit ``index``'s :meth:`LayerAttention.output_replay`; None if
+        it is pruned."""
+        unit = self.units[str(index)] if str(index) in self.units else None
+        return None if unit is None else unit.output_replay(x, memory)
 
     def prune(self, indices: Iterable[int]) -> List[int]:
         """Delete the given units. Returns the indices removed now."""

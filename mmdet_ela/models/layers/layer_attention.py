@@ -25,6 +25,7 @@ from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, RecomputedValues,
                   ValueGradients, ValueRecipe, WeightedSumOverMemory,
                   affine_mix, mix_values, query_key, resize_values)
+from .replay import OutputReplay
 
 
 def eca_kernel_size(channels: int) -> int:
@@ -135,6 +136,23 @@ def check_recompute_values(owner: str, recompute, norm_cfg, value_conv,
             f'attn_compile={compiled!r}; use dict(type=\'Affine\') (the '
             'default), attn_value_conv=True and attn_compile=False, or '
             'attn_recompute_values=None')
+
+
+def check_recompute_outputs(owner: str, recompute, norm_cfg, compiled) -> None:
+    """A ``ValueError`` naming ``owner`` unless ``recompute`` is None, False,
+    or True for units whose output can be computed again (the affine
+    output, uncompiled)."""
+    if recompute is not None and not isinstance(recompute, bool):
+        raise ValueError(f'{owner}: attn_recompute_outputs={recompute!r} '
+                         'must be None (on CUDA only), True or False')
+    if recompute and (not isinstance(norm_cfg, dict)
+                      or norm_cfg.get('type') != 'Affine' or compiled):
+        raise ValueError(
+            f'{owner}: attn_recompute_outputs=True computes the units\' '
+            'affine output again in backward, but '
+            f'attn_norm_cfg={norm_cfg!r}, attn_compile={compiled!r}; use '
+            'dict(type=\'Affine\') (the default) and attn_compile=False, or '
+            'attn_recompute_outputs=None')
 
 
 #: The eps of the batch norms that :meth:`LayerAttention._load_from_state_dict`
@@ -515,6 +533,24 @@ class LayerAttention(BaseModule):
             key, value,
             None if recomputed is None else self._value_recipe(x, value))
         return z
+
+    def output_replay(self, x: Tensor,
+                      memory: LayerAttentionMemory) -> Optional[OutputReplay]:
+        """How backward can compute this unit's output again
+        (:class:`~.replay.OutputReplay`); call it before :meth:`forward` on
+        the same ``x`` and ``memory``. None where the output cannot be
+        computed again exactly: without autograd, for a BN output (its
+        statistics would update twice), compiled, with drop path active in
+        training (random), or checkpointed (``with_cp``)."""
+        rate = getattr(self.drop_path, 'drop_prob', 0.0)
+        if (not torch.is_grad_enabled() or not self._affine or self.compiled
+                or self.with_cp or (self.training and rate > 0)):
+            return None
+        recomputed = memory.recomputed if self._recomputes_values(
+            x, memory) else None
+        return OutputReplay(self, x, memory.keys,
+                            None if recomputed is not None else memory.values,
+                            recomputed, [v.shape[-2:] for v in memory.values])
 
     @property
     def _affine(self) -> bool:

@@ -1,0 +1,111 @@
+"""A unit's output computed again in backward instead of being kept.
+
+In a ResNet stage, unit b's output Z_b is the input of block b + 1, whose
+first convolution keeps it for its weight gradient until backward. Z_b sits
+beside the block output X_b, which the block's ReLU and the unit keep anyway:
+one full-size tensor more per unit than the plain stage holds. An
+:class:`OutputReplay` takes Z_b's place among the tensors that block b + 1
+saves (``torch.autograd.graph.saved_tensors_hooks``), and backward computes
+Z_b again from what the unit read in forward: X_b, the memory's keys and
+values. Same values bit for bit (the same ops on the same inputs); the cost is
+one more forward of the unit per unit in backward.
+"""
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import saved_tensors_hooks
+
+from .ops import RecomputedValues
+
+
+def _signature(t: Tensor) -> tuple:
+    """What identifies a tensor's contents without holding it."""
+    return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+
+
+class OutputReplay:
+    """Unit ``unit``'s output, computed again in backward.
+
+    Holds what the unit read (detached: the backward graph holds this
+    object, and a graph reachable from here would be a reference cycle
+    that Python's garbage collector cannot see), never the output itself.
+
+    Args:
+        unit (LayerAttention): the unit (affine output, uncompiled, no
+            active drop path: its forward is deterministic).
+        x (Tensor): its input X_b, [N, C, H, W].
+        keys (list[Tensor]): the memory's keys before the unit, [N, G, d].
+        values (list[Tensor], optional): the memory's values before the unit
+            (kept from forward anyway); None where ``recomputed`` makes them
+            again.
+        recomputed (RecomputedValues, optional): the memory's values made
+            again in backward.
+        sizes (list[torch.Size]): the values' (H, W).
+    """
+
+    def __init__(self, unit, x: Tensor, keys: List[Tensor],
+                 values: Optional[List[Tensor]],
+                 recomputed: Optional[RecomputedValues],
+                 sizes: List[torch.Size]) -> None:
+        self.unit = unit
+        self.x = x.detach()
+        self.keys = [k.detach() for k in keys]
+        self.values = None if values is None else [v.detach() for v in values]
+        self.recomputed = recomputed
+        self.sizes = sizes
+        self.versions = [t._version for t in [x] + (values or [])]
+        device = x.device.type
+        self.autocast = (device, torch.get_autocast_dtype(device),
+                         torch.is_autocast_enabled(device))
+        self.signature: Optional[tuple] = None
+
+    def bind(self, z: Tensor) -> None:
+        """Record which tensor is the output (without holding it)."""
+        self.signature = _signature(z)
+
+    @contextmanager
+    def replacing(self) -> Iterator[None]:
+        """Within: the output, where an op saves it for backward, is saved
+        as this replay."""
+
+        def pack(t: Tensor):
+            if self.signature is not None and _signature(t) == self.signature:
+                if self.recomputed is not None:  # one more reader per save
+                    self.recomputed.read(len(self.sizes))
+                return self
+            return t
+
+        def unpack(saved):
+            return self.compute() if saved is self else saved
+
+        with saved_tensors_hooks(pack, unpack):
+            yield
+
+    def compute(self) -> Tensor:
+        """The output again, [N, C, H, W], as forward computed it.
+
+        Raises:
+            RuntimeError: the unit's input or a kept value was modified in
+                place since (as autograd refuses a saved tensor that was).
+        """
+        current = [t._version for t in [self.x] + (self.values or [])]
+        if current != self.versions:
+            raise RuntimeError(
+                'ELA: a block output or a stored value was modified in place '
+                'after a unit read it, so backward cannot compute the unit\'s '
+                'output again; do not modify it in place, or build the model '
+                'with attn_recompute_outputs=False')
+        values = self.values
+        if values is None:
+            values = [
+                self.recomputed.get(s, size)
+                for s, size in enumerate(self.sizes)
+            ]
+        unit, recorded = self.unit, self.unit.attention
+        device, dtype, enabled = self.autocast
+        with torch.no_grad(), torch.autocast(device, dtype, enabled):
+            z = unit._attend(self.x, self.keys, values)[0]
+        unit.attention = recorded  # a replay records nothing
+        return z
