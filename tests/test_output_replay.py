@@ -126,6 +126,27 @@ def test_replay_refuses_an_input_changed_in_place():
         y.sum().backward()
 
 
+def test_an_output_changed_in_place_is_saved_as_it_is():
+    """A block that changes its input in place before saving it (mmdet's do
+    not) saves the changed tensor itself, not a replay of the unit."""
+    unit = LayerAttention(8, dim_per_head=4)
+    torch.nn.init.normal_(unit.norm.weight)
+    x = torch.rand(1, 8, 4, 4, requires_grad=True)
+    weight = torch.rand(8, 8, 1, 1, requires_grad=True)
+    grads = []
+    for replay_on in (False, True):
+        memory = LayerAttentionMemory()
+        h = x * 1
+        replay = unit.output_replay(h, memory)
+        z = unit(h, memory)
+        replay.bind(z)
+        with replay.replacing() if replay_on else torch.enable_grad():
+            y = F.conv2d(F.relu(z, inplace=True), weight)
+        grads.append(torch.autograd.grad(y.square().sum(), [x, weight]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_units_that_cannot_replay_keep_their_output():
     """A BN output, drop path in training, no autograd: no replay."""
     x = torch.rand(2, 8, 4, 4)

@@ -21,8 +21,9 @@ from .ops import RecomputedValues
 
 
 def _signature(t: Tensor) -> tuple:
-    """What identifies a tensor's contents without holding it."""
-    return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+    """What identifies a tensor's contents without holding it: where they
+    lie, their layout and their version (a change in place moves it)."""
+    return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)
 
 
 class OutputReplay:
@@ -62,7 +63,9 @@ class OutputReplay:
         self.signature: Optional[tuple] = None
 
     def bind(self, z: Tensor) -> None:
-        """Record which tensor is the output (without holding it)."""
+        """Record which tensor is the output (without holding it). A tensor
+        saved later is replaced only if it has the output's contents: the
+        same memory and layout, not changed in place since."""
         self.signature = _signature(z)
 
     @contextmanager
