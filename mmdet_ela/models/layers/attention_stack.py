@@ -99,8 +99,9 @@ class LayerAttentionStack(BaseModule):
                       memory: LayerAttentionMemory) -> Optional[OutputReplay]:
         """Unit ``index``'s :meth:`LayerAttention.output_replay`; None if
         it is pruned."""
-        unit = self.units[str(index)] if str(index) in self.units else None
-        return None if unit is None else unit.output_replay(x, memory)
+        key = str(index)
+        return self.units[key].output_replay(x, memory) \
+            if key in self.units else None
 
     def prune(self, indices: Iterable[int]) -> List[int]:
         """Delete the given units. Returns the indices removed now."""
