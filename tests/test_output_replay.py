@@ -5,6 +5,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmdet_ela.analysis.memory import peak_allocated_bytes
 from mmdet_ela.models import ELAResNet
@@ -68,6 +69,36 @@ def test_replayed_outputs_bottleneck_half_resolution_pruned(depth, stride):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+class DepthwiseConvCount(TorchDispatchMode):
+    """Counts the depthwise convolutions dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default and args[-1] > 1:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('values', [False, True])
+def test_replay_reuses_the_units_own_value(values):
+    """Backward makes no more depthwise convolutions with the outputs
+    computed again than without: each unit's own value comes from forward
+    (kept) or from the values made again, not from its convolution again."""
+    x = torch.rand(1, 3, 64, 64)
+    counts = {}
+    for replay in (False, True):
+        model = _backbone(
+            50, attn_recompute_values=values, attn_recompute_outputs=replay)
+        loss = sum(o.square().mean() for o in model(x))
+        with DepthwiseConvCount() as mode:
+            loss.backward()
+        counts[replay] = mode.count
+    assert counts[True] == counts[False] > 0
+
+
 def test_replay_leaves_no_cycle_and_keeps_the_recorded_attention():
     """The backward graph holds the replays; they hold nothing that holds
     the graph (reference counting frees it all), and computing an output
@@ -110,18 +141,22 @@ def test_replay_in_two_backward_passes():
     torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
 
 
-def test_replay_refuses_an_input_changed_in_place():
-    unit = LayerAttention(8, dim_per_head=4)
+@pytest.mark.parametrize('changed', ['input', 'value'])
+def test_replay_refuses_an_input_changed_in_place(changed):
+    """The unit's input, or its own value kept from forward, changed in
+    place after the unit read it: backward refuses to replay."""
+    unit = LayerAttention(8, dim_per_head=4, recompute_values=False)
     torch.nn.init.normal_(unit.norm.weight)
     x = torch.rand(1, 8, 4, 4, requires_grad=True)
     h = x * 1
     memory = LayerAttentionMemory()
     replay = unit.output_replay(h, memory)
     z = unit(h, memory)
-    replay.bind(z)
+    replay.bind(z, memory)
     with replay.replacing():
         y = F.conv2d(z, torch.ones(8, 8, 1, 1))  # saves z as the replay
-    h.add_(1)  # what autograd refuses for a saved tensor
+    with torch.no_grad():  # what autograd refuses for a saved tensor
+        (h if changed == 'input' else memory.values[-1]).add_(1)
     with pytest.raises(RuntimeError, match='modified in place'):
         y.sum().backward()
 
@@ -139,7 +174,7 @@ def test_an_output_changed_in_place_is_saved_as_it_is():
         h = x * 1
         replay = unit.output_replay(h, memory)
         z = unit(h, memory)
-        replay.bind(z)
+        replay.bind(z, memory)
         with replay.replacing() if replay_on else torch.enable_grad():
             y = F.conv2d(F.relu(z, inplace=True), weight)
         grads.append(torch.autograd.grad(y.square().sum(), [x, weight]))

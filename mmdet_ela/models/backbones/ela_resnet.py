@@ -73,7 +73,7 @@ class ELAResLayer(BaseModule):
                 replay = self.attn.output_replay(i, x, memory)
             x = self.attn(i, x, memory)
             if replay is not None:
-                replay.bind(x)
+                replay.bind(x, memory)
         return x
 
     def _recomputes_outputs(self, x: Tensor) -> bool:

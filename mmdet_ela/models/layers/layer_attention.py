@@ -616,10 +616,13 @@ class LayerAttention(BaseModule):
                 keys: List[Tensor],
                 values: List[Tensor],
                 value_grads: Optional[ValueGradients] = None,
-                recomputed: Optional[RecomputedValues] = None) -> tuple:
+                recomputed: Optional[RecomputedValues] = None,
+                value: Optional[Tensor] = None) -> tuple:
         """Z, this unit's key and value from ``x`` [N, C, H, W] and the
         memory's ``keys`` and ``values`` (``value_grads``, ``recomputed``:
-        see :class:`LayerAttentionMemory`)."""
+        see :class:`LayerAttentionMemory`). ``value``: this unit's value
+        V = dwconv(x) [N, C, h, w] if already made (an output replay), else
+        None: made here."""
         n, c, h, w = x.shape
         d = self.dim_per_head
         if self.compiled and not torch.jit.is_tracing():
@@ -628,7 +631,8 @@ class LayerAttention(BaseModule):
         # broadcast view, not a materialised [N, C, H, W] tensor.
         y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
         query, key = query_key(y, self.query_key_weights(), d)  # [N, G, d]
-        value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
+        if value is None:  # [N, C, h, w]; h = H at value_stride 1
+            value = self._value(x)
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
         logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)

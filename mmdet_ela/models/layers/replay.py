@@ -8,16 +8,21 @@ one full-size tensor more per unit than the plain stage holds. An
 saves (``torch.autograd.graph.saved_tensors_hooks``), and backward computes
 Z_b again from what the unit read in forward: X_b, the memory's keys and
 values. Same values bit for bit (the same ops on the same inputs); the cost is
-one more forward of the unit per unit in backward.
+one more forward of the unit per unit in backward, less its value
+convolution: the unit's own value is the one forward made (kept, or made again
+once for every unit that reads it, :class:`~.ops.RecomputedValues`).
 """
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import torch
 from torch import Tensor
 from torch.autograd.graph import saved_tensors_hooks
 
 from .ops import RecomputedValues
+
+if TYPE_CHECKING:
+    from .layer_attention import LayerAttentionMemory
 
 
 def _signature(t: Tensor) -> tuple:
@@ -61,12 +66,29 @@ class OutputReplay:
         self.autocast = (device, torch.get_autocast_dtype(device),
                          torch.is_autocast_enabled(device))
         self.signature: Optional[tuple] = None
+        # the unit's own value V_b, made by its value convolution in forward:
+        # kept (detached), or made again (its index in ``recomputed``)
+        self.value: Optional[Tensor] = None
+        self.value_size: Optional[torch.Size] = None
+        self.reads = len(sizes)  # values read from ``recomputed``
 
-    def bind(self, z: Tensor) -> None:
-        """Record which tensor is the output (without holding it). A tensor
-        saved later is replaced only if it has the output's contents: the
-        same memory and layout, not changed in place since."""
+    def bind(self, z: Tensor, memory: 'LayerAttentionMemory') -> None:
+        """Record which tensor is the output (without holding it), and the
+        unit's own value (``memory``'s last, appended by the unit's
+        forward). A tensor saved later is replaced only if it has the
+        output's contents: the same memory and layout, not changed in place
+        since."""
         self.signature = _signature(z)
+        own = len(self.sizes)
+        if self.unit.value is None or len(memory) != own + 1:
+            return  # V_b = X (or pooled X): nothing to save
+        value = memory.values[own]
+        if self.recomputed is None:
+            self.value = value.detach()
+            self.versions.append(value._version)
+        elif self.recomputed.covers(own + 1):
+            self.value_size = value.shape[-2:]
+            self.reads = own + 1
 
     @contextmanager
     def replacing(self) -> Iterator[None]:
@@ -76,7 +98,7 @@ class OutputReplay:
         def pack(t: Tensor):
             if self.signature is not None and _signature(t) == self.signature:
                 if self.recomputed is not None:  # one more reader per save
-                    self.recomputed.read(len(self.sizes))
+                    self.recomputed.read(self.reads)
                 return self
             return t
 
@@ -93,22 +115,25 @@ class OutputReplay:
             RuntimeError: the unit's input or a kept value was modified in
                 place since (as autograd refuses a saved tensor that was).
         """
-        current = [t._version for t in [self.x] + (self.values or [])]
-        if current != self.versions:
+        kept = [self.x] + (self.values or []) + ([self.value] if self.value
+                                                 is not None else [])
+        if [t._version for t in kept] != self.versions:
             raise RuntimeError(
                 'ELA: a block output or a stored value was modified in place '
                 'after a unit read it, so backward cannot compute the unit\'s '
                 'output again; do not modify it in place, or build the model '
                 'with attn_recompute_outputs=False')
-        values = self.values
+        values, value = self.values, self.value
         if values is None:
             values = [
                 self.recomputed.get(s, size)
                 for s, size in enumerate(self.sizes)
             ]
+        if self.value_size is not None:
+            value = self.recomputed.get(len(self.sizes), self.value_size)
         unit, recorded = self.unit, self.unit.attention
         device, dtype, enabled = self.autocast
         with torch.no_grad(), torch.autocast(device, dtype, enabled):
-            z = unit._attend(self.x, self.keys, values)[0]
+            z = unit._attend(self.x, self.keys, values, value=value)[0]
         unit.attention = recorded  # a replay records nothing
         return z
