@@ -61,7 +61,9 @@ class OutputReplay:
         self.values = None if values is None else [v.detach() for v in values]
         self.recomputed = recomputed
         self.sizes = sizes
-        self.versions = [t._version for t in [x] + (values or [])]
+        # what is refused in backward if changed in place since
+        self.kept = [self.x] + (self.values or [])
+        self.versions = [t._version for t in self.kept]
         device = x.device.type
         self.autocast = (device, torch.get_autocast_dtype(device),
                          torch.is_autocast_enabled(device))
@@ -85,6 +87,7 @@ class OutputReplay:
         value = memory.values[own]
         if self.recomputed is None:
             self.value = value.detach()
+            self.kept.append(self.value)
             self.versions.append(value._version)
         elif self.recomputed.covers(own + 1):
             self.value_size = value.shape[-2:]
@@ -115,9 +118,7 @@ class OutputReplay:
             RuntimeError: the unit's input or a kept value was modified in
                 place since (as autograd refuses a saved tensor that was).
         """
-        kept = [self.x] + (self.values or []) + ([self.value] if self.value
-                                                 is not None else [])
-        if [t._version for t in kept] != self.versions:
+        if [t._version for t in self.kept] != self.versions:
             raise RuntimeError(
                 'ELA: a block output or a stored value was modified in place '
                 'after a unit read it, so backward cannot compute the unit\'s '
