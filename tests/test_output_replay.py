@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mmdet_ela.analysis.memory import peak_allocated_bytes
 from mmdet_ela.models import ELAResNet
 from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
+from mmdet_ela.models.layers.replay import OutputReplay
 
 
 def _backbone(depth: int = 18, **kwargs) -> ELAResNet:
@@ -52,16 +53,22 @@ def test_replayed_outputs_same_gradients_lower_peak(values):
     assert peak_r < 0.98 * peak_k  # 0.962 and 0.966 when written
 
 
-@pytest.mark.parametrize('depth,stride', [(50, 1), (50, 2), (18, 2)])
-def test_replayed_outputs_bottleneck_half_resolution_pruned(depth, stride):
+@pytest.mark.parametrize('depth,stride,values',
+                         [(50, 1, False), (50, 2, False), (18, 2, False),
+                          (50, 2, True)])
+def test_replayed_outputs_bottleneck_half_resolution_pruned(
+        depth, stride, values):
     """Bottleneck blocks (a downsampling block after a stage), values at half
-    resolution, a pruned unit in the middle of a stage: bit for bit the
-    gradients of kept outputs."""
+    resolution, kept or made again, a pruned unit in the middle of a stage:
+    bit for bit the gradients of kept outputs."""
     x = torch.rand(2, 3, 64, 64)
     grads = {}
     for replay in (False, True):
         model = _backbone(
-            depth, attn_value_stride=stride, attn_recompute_outputs=replay)
+            depth,
+            attn_value_stride=stride,
+            attn_recompute_values=values,
+            attn_recompute_outputs=replay)
         model.layer1.attn.prune([1])
         grads[replay] = _step(model, x)
     for a, b in zip(grads[True][0] + grads[True][1],
@@ -83,10 +90,20 @@ class DepthwiseConvCount(TorchDispatchMode):
 
 
 @pytest.mark.parametrize('values', [False, True])
-def test_replay_reuses_the_units_own_value(values):
+def test_replay_reuses_the_units_own_value(values, monkeypatch):
     """Backward makes no more depthwise convolutions with the outputs
     computed again than without: each unit's own value comes from forward
-    (kept) or from the values made again, not from its convolution again."""
+    (kept) or from the values made again, not from its convolution again.
+    The outputs are computed again: one replay per unit but each stage's
+    last (12 of 16 in R-50)."""
+    replays = []
+    compute = OutputReplay.compute
+
+    def counted(self):
+        replays.append(self)
+        return compute(self)
+
+    monkeypatch.setattr(OutputReplay, 'compute', counted)
     x = torch.rand(1, 3, 64, 64)
     counts = {}
     for replay in (False, True):
@@ -97,6 +114,7 @@ def test_replay_reuses_the_units_own_value(values):
             loss.backward()
         counts[replay] = mode.count
     assert counts[True] == counts[False] > 0
+    assert len(replays) == 12
 
 
 def test_replay_leaves_no_cycle_and_keeps_the_recorded_attention():

@@ -34,9 +34,10 @@ def _signature(t: Tensor) -> tuple:
 class OutputReplay:
     """Unit ``unit``'s output, computed again in backward.
 
-    Holds what the unit read (detached: the backward graph holds this
-    object, and a graph reachable from here would be a reference cycle
-    that Python's garbage collector cannot see), never the output itself.
+    Holds what the unit read and its own value V_b (see :meth:`bind`), all
+    detached (the backward graph holds this object, and a graph reachable
+    from here would be a reference cycle that Python's garbage collector
+    cannot see), never the output itself.
 
     Args:
         unit (LayerAttention): the unit (affine output, uncompiled, no
@@ -62,17 +63,17 @@ class OutputReplay:
         self.recomputed = recomputed
         self.sizes = sizes
         # what is refused in backward if changed in place since
-        self.kept = [self.x] + (self.values or [])
-        self.versions = [t._version for t in self.kept]
+        self.checked = [self.x] + (self.values or [])
+        self.versions = [t._version for t in self.checked]
         device = x.device.type
         self.autocast = (device, torch.get_autocast_dtype(device),
                          torch.is_autocast_enabled(device))
         self.signature: Optional[tuple] = None
         # the unit's own value V_b, made by its value convolution in forward:
         # kept (detached), or made again (its index in ``recomputed``)
-        self.value: Optional[Tensor] = None
-        self.value_size: Optional[torch.Size] = None
-        self.reads = len(sizes)  # values read from ``recomputed``
+        self.own_value: Optional[Tensor] = None
+        self.own_value_size: Optional[torch.Size] = None
+        self.reads = len(sizes)  # values read from ``recomputed``, if any
 
     def bind(self, z: Tensor, memory: 'LayerAttentionMemory') -> None:
         """Record which tensor is the output (without holding it), and the
@@ -82,15 +83,19 @@ class OutputReplay:
         since."""
         self.signature = _signature(z)
         own = len(self.sizes)
-        if self.unit.value is None or len(memory) != own + 1:
+        if self.unit.value is None:
             return  # V_b = X (or pooled X): nothing to save
+        # defensive: the stage's forward appends exactly V_b, and makes
+        # values again for every unit or for none
+        if len(memory) != own + 1:
+            return
         value = memory.values[own]
         if self.recomputed is None:
-            self.value = value.detach()
-            self.kept.append(self.value)
+            self.own_value = value.detach()
+            self.checked.append(self.own_value)
             self.versions.append(value._version)
         elif self.recomputed.covers(own + 1):
-            self.value_size = value.shape[-2:]
+            self.own_value_size = value.shape[-2:]
             self.reads = own + 1
 
     @contextmanager
@@ -118,20 +123,20 @@ class OutputReplay:
             RuntimeError: the unit's input or a kept value was modified in
                 place since (as autograd refuses a saved tensor that was).
         """
-        if [t._version for t in self.kept] != self.versions:
+        if [t._version for t in self.checked] != self.versions:
             raise RuntimeError(
                 'ELA: a block output or a stored value was modified in place '
                 'after a unit read it, so backward cannot compute the unit\'s '
                 'output again; do not modify it in place, or build the model '
                 'with attn_recompute_outputs=False')
-        values, value = self.values, self.value
+        values, value = self.values, self.own_value
         if values is None:
             values = [
                 self.recomputed.get(s, size)
                 for s, size in enumerate(self.sizes)
             ]
-        if self.value_size is not None:
-            value = self.recomputed.get(len(self.sizes), self.value_size)
+        if self.own_value_size is not None:
+            value = self.recomputed.get(len(self.sizes), self.own_value_size)
         unit, recorded = self.unit, self.unit.attention
         device, dtype, enabled = self.autocast
         with torch.no_grad(), torch.autocast(device, dtype, enabled):
