@@ -83,7 +83,10 @@ def test_cuda_unit_gradients_and_autocast(norm, value_conv, value_stride):
 
     double = [x.detach().double().requires_grad_(True) for x in xs]
     unit.double()
-    assert torch.autograd.gradcheck(lambda *a: tuple(run(a)), tuple(double))
+    # fast_mode: one random projection per input; the full Jacobian takes
+    # minutes of kernel launches on a GPU.
+    assert torch.autograd.gradcheck(
+        lambda *a: tuple(run(a)), tuple(double), fast_mode=True)
     unit.float()
     with torch.autocast('cuda', dtype=torch.float16):
         outs = run([x.half() for x in xs])

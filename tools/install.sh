@@ -7,6 +7,14 @@
 # ops (CUDA ops when nvcc and a CUDA torch are present), mmdet 3.3.0, scipy, pycocotools,
 # and this project in editable mode. The mmcv wheel is cached under
 # ${ELA_CACHE:-~/.cache/mmdet-ela}/wheels so a second run (or a second clone) reuses it.
+#
+# Offline machines (no package index, e.g. a GPU box with torch preinstalled):
+#   ELA_WHEELHOUSE=DIR   install only from DIR (pip --no-index --find-links DIR, --no-deps):
+#                        every wheel in DIR is installed first, so DIR holds the packages
+#                        missing on the machine (their dependencies too) and
+#                        mmcv-2.1.0.tar.gz; the linters are skipped
+#   ELA_TORCH_SPEC=none  keep the torch ELA_VENV already has (e.g. ELA_VENV set to an
+#                        image's own virtual environment)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,12 +32,23 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
+INDEX_OPTS=()
+[ -n "${ELA_WHEELHOUSE:-}" ] && INDEX_OPTS=(--no-index --find-links "$ELA_WHEELHOUSE")
 pip_install() {
-  "$PY" -m pip install --disable-pip-version-check -q "$@"
+  "$PY" -m pip install --disable-pip-version-check -q "${INDEX_OPTS[@]}" "$@"
 }
+if [ -n "${ELA_WHEELHOUSE:-}" ]; then
+  # Offline: what the wheelhouse holds, without dependency resolution (mmengine asks for
+  # opencv-python; an image's opencv-python-headless gives the same cv2).
+  echo "[install] offline, from $ELA_WHEELHOUSE"
+  pip_install --no-deps "$ELA_WHEELHOUSE"/*.whl
+  INDEX_OPTS+=(--no-deps)
+  # pip runs inside builds (the editable install's) look there too
+  export PIP_NO_INDEX=1 PIP_FIND_LINKS="$ELA_WHEELHOUSE"
+fi
 
 echo "[install] torch, build tools and mmengine into $VENV"
-pip_install "$TORCH_SPEC"
+[ "$TORCH_SPEC" = none ] || pip_install $TORCH_SPEC
 # setuptools<82: mmcv's setup.py and mmengine's `mmdet::` config lookup import pkg_resources.
 pip_install "setuptools<82" wheel ninja
 pip_install mmengine==0.10.7
@@ -50,7 +69,7 @@ if ! "$PY" -c 'import mmcv, mmcv.ops' >/dev/null 2>&1 || [ "$("$PY" -c 'import m
     # CFLAGS replaces the default debug flags: keep -O3 and -DNDEBUG (19 min -> 5 min, 83 MB -> 2 MB).
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-DNDEBUG -O3 -g0 -fwrapv" \
       "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps \
-      -w "$WHEELS.partial" mmcv==2.1.0 \
+      "${INDEX_OPTS[@]}" -w "$WHEELS.partial" mmcv==2.1.0 \
       || { echo "[install] mmcv build failed" >&2; exit 1; }
     mv "$WHEELS.partial"/mmcv-2.1.0-*.whl "$WHEELS"/ && rm -rf "$WHEELS.partial"
   fi
@@ -60,7 +79,7 @@ fi
 echo "[install] mmdet, scipy, pycocotools, test tools and mmdet-ela"
 pip_install mmdet==3.3.0 scipy pycocotools matplotlib pytest psutil
 # Linters at fixed versions, so `make lint` judges the same way everywhere.
-pip_install flake8==7.5.0 isort==9.0.2 yapf==0.43.0
+[ -n "${ELA_WHEELHOUSE:-}" ] || pip_install flake8==7.5.0 isort==9.0.2 yapf==0.43.0
 pip_install --no-deps --no-build-isolation -e "$ROOT"
 "$PY" -c 'import mmcv.ops, mmdet, mmdet_ela; print("[install] ok: mmcv", mmcv.__version__, "mmdet", mmdet.__version__)'
 sha1sum "$ROOT/tools/install.sh" "$ROOT/setup.py" | sha1sum > "$STAMP"

@@ -5,29 +5,23 @@
 #
 # OUT_DIR defaults to $OUT if set, else work_dirs/gpu_check. Runs tools/install.sh first
 # (a no-op when the virtual environment ELA_VENV, default ./.venv, is up to date;
-# ELA_GPU_CHECK_INSTALL=0 skips it). Steps:
+# ELA_GPU_CHECK_INSTALL=0 skips it; on a machine without a package index see install.sh's
+# ELA_WHEELHOUSE). Steps, most wanted first (a short lease may end the run early):
 #
 #   env               torch / CUDA / device versions                      env.json
-#   test_cuda         pytest tests/test_cuda.py                           test_cuda.xml
+#   bench_retinanet   benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
+#                     batch 2, --amp, variants plain dense pruned (the CUDA targets)
 #   bench_backbone    benchmark.py --model backbone --depth 50, 224, batch 4, CUDA, with
 #                     the half-resolution unit (attn_value_stride=2) as the alt variant
-#   bench_retinanet   benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
-#                     batch 2, --amp, variants plain dense alt (half resolution) pruned,
-#                     then one round op by op (--op-costs 1: where the extra time goes)
 #   bench_retinanet_kept
-#                     the same with the values and the units' outputs kept for backward
-#                     (attn_recompute_values=False, attn_recompute_outputs=False; on CUDA
-#                     both are made again by default): what recomputing costs in time
-#                     and saves in memory
-#   bench_backbone_bn, bench_retinanet_bn
-#                     the same two with the unit of mmdet-ela 0.1 (a BN output,
-#                     attn_norm_cfg=dict(type='BN'))
-#   bench_backbone_compile, bench_retinanet_compile
-#                     the same two with attn_compile=True (torch.compile, Triton)
-#   bench_backbone_lite, bench_retinanet_lite
-#                     the same two with the cheap unit (attn_value_conv=False); not in
-#                     the default steps (device time is short): name them in
-#                     ELA_GPU_CHECK_STEPS to run them
+#                     bench_retinanet with the values and the units' outputs kept for
+#                     backward (attn_recompute_values=False, attn_recompute_outputs=False;
+#                     on CUDA both are made again by default): what recomputing costs in
+#                     time and saves in memory
+#   test_cuda         pytest tests/test_cuda.py, all but the compiled unit  test_cuda.xml
+#   bench_retinanet_ops
+#                     bench_retinanet with the half-resolution unit as alt, 5 rounds,
+#                     then one round op by op (--op-costs 1: where the extra time goes)
 #   shapes_data       a small synthetic shapes dataset                    data/shapes
 #   pruned_ckpt       the shapes config's model with the last unit of every stack
 #                     pruned, saved by mmengine's save_checkpoint         pruned.pth
@@ -36,12 +30,24 @@
 #                     config with pruned.pth (CUDA only)
 #   mmdet_get_flops   mmdet's analysis_tools/get_flops.py on the shapes config (CPU or
 #                     CUDA; it builds the model from the config alone, so the dense one)
+#   unit_cost         unit_cost.py on CUDA at about layer3's size (chained vs unchained)
+#   test_cuda_compile pytest tests/test_cuda.py -k compiled (torch.compile, Triton; slow:
+#                     every shape and dtype compiles)                  test_cuda_compile.xml
+#   bench_backbone_compile, bench_retinanet_compile
+#                     bench_backbone and bench_retinanet with attn_compile=True
+#   bench_backbone_bn, bench_retinanet_bn
+#                     the same two with the unit of mmdet-ela 0.1 (a BN output,
+#                     attn_norm_cfg=dict(type='BN'))
+#   bench_backbone_lite, bench_retinanet_lite
+#                     the same two with the cheap unit (attn_value_conv=False); not in
+#                     the default steps: name them in ELA_GPU_CHECK_STEPS to run them
 #
 # Every step runs even if an earlier one failed (a step that needs an earlier step's
 # output fails with it); CUDA-only steps are "skipped" without CUDA. Each step's output is
 # in OUT_DIR/logs/STEP.log, the outcome of all in OUT_DIR/summary.json and summary.txt,
 # and the summary is printed at the end. Exit status: 1 if any step failed, else 0.
-# ELA_GPU_CHECK_STEPS="step ..." runs only those steps.
+# ELA_GPU_CHECK_STEPS="step ..." runs only those steps; ELA_GPU_CHECK_STEP_TIMEOUT=SECONDS
+# stops any one step after that long (it then counts as failed).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -49,7 +55,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda unit_cost bench_backbone bench_retinanet bench_retinanet_kept bench_backbone_bn bench_retinanet_bn bench_backbone_compile bench_retinanet_compile shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env bench_retinanet bench_backbone bench_retinanet_kept test_cuda bench_retinanet_ops shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops unit_cost test_cuda_compile bench_backbone_compile bench_retinanet_compile bench_backbone_bn bench_retinanet_bn}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -89,7 +95,11 @@ step() {
   echo "[gpu_check] $name ..."
   local start=$SECONDS rc log="$OUT_DIR/logs/$name.log"
   printf '$ %s\n' "$*" > "$log"
-  "$@" >> "$log" 2>&1
+  if [ -n "${ELA_GPU_CHECK_STEP_TIMEOUT:-}" ]; then
+    timeout "$ELA_GPU_CHECK_STEP_TIMEOUT" "$@" >> "$log" 2>&1
+  else
+    "$@" >> "$log" 2>&1
+  fi
   rc=$?
   local status=ok; [ $rc = 0 ] || status=failed
   printf '%s\t%s\t%s\texit %s\n' "$name" "$status" "$((SECONDS - start))" "$rc" >> "$RESULTS"
@@ -104,42 +114,22 @@ env = dict(python=platform.python_version(), torch=torch.__version__,
            device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
            mmcv=mmcv.__version__, mmdet=mmdet.__version__, mmengine=mmengine.__version__)
 json.dump(env, open('$OUT_DIR/env.json', 'w'), indent=2); print(env)"
-step test_cuda 1 "$PY" -m pytest -q tests/test_cuda.py --junitxml="$OUT_DIR/test_cuda.xml"
-# layer3 of R-50 at 1333x800 is 50x84; --size 64 gives about its area (square)
-step unit_cost 1 "$PY" tools/analysis/unit_cost.py --channels 1024 --size 64 --units 6 \
-  --device cuda --out "$OUT_DIR/unit_cost_layer3_size64.json"
+step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \
+  --device cuda --amp --variants plain dense pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json"
 step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50.json" \
   --alt-options attn_value_stride=2
-step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \
-  --device cuda --amp --variants plain dense alt pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json" \
-  --op-costs 1 --alt-options model.backbone.attn_value_stride=2
 step bench_retinanet_kept 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
   --batch-size 2 --device cuda --amp --variants plain dense pruned \
   --out "$OUT_DIR/bench_retinanet_r50_amp_kept.json" \
   --cfg-options model.backbone.attn_recompute_values=False \
   model.backbone.attn_recompute_outputs=False
-step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
-  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
-  --cfg-options attn_norm_cfg.type=BN
-step bench_retinanet_bn 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_bn.json" \
-  --cfg-options model.backbone.attn_norm_cfg.type=BN
-step bench_backbone_compile 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
-  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_compile.json" \
-  --cfg-options attn_compile=True
-step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
-  --cfg-options model.backbone.attn_compile=True
-step bench_backbone_lite 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
-  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_lite.json" \
-  --cfg-options attn_value_conv=False
-step bench_retinanet_lite 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_lite.json" \
-  --cfg-options model.backbone.attn_value_conv=False
+step test_cuda 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k "not compiled" \
+  --junitxml="$OUT_DIR/test_cuda.xml"
+step bench_retinanet_ops 1 "$PY" tools/analysis/benchmark.py --warmup 3 --repeats 5 "$RETINA_CFG" \
+  --img-size 800 1333 --batch-size 2 --device cuda --amp --variants plain dense alt \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_ops.json" --op-costs 1 \
+  --alt-options model.backbone.attn_value_stride=2
 step shapes_data 0 "$PY" tools/misc/make_shapes_dataset.py --out-dir "$DATA" --num-train 8 \
   --num-val $NUM_VAL --no-progress
 step pruned_ckpt 0 "$PY" - "$SHAPES_CFG" "$OUT_DIR/pruned.pth" <<'EOF'
@@ -166,6 +156,32 @@ step mmdet_benchmark 1 "$PY" "$MMDET_TOOLS/benchmark.py" "$SHAPES_CFG" \
   --log-interval 5 --work-dir "$OUT_DIR/mmdet_benchmark" --cfg-options "${SHAPES_OPTS[@]}"
 step mmdet_get_flops 0 "$PY" "$MMDET_TOOLS/get_flops.py" "$SHAPES_CFG" --num-images 2 \
   --cfg-options "${SHAPES_OPTS[@]}"
+# layer3 of R-50 at 1333x800 is 50x84; --size 64 gives about its area (square)
+step unit_cost 1 "$PY" tools/analysis/unit_cost.py --channels 1024 --size 64 --units 6 \
+  --device cuda --out "$OUT_DIR/unit_cost_layer3_size64.json"
+step test_cuda_compile 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k compiled \
+  --junitxml="$OUT_DIR/test_cuda_compile.xml"
+step bench_backbone_compile 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
+  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_compile.json" \
+  --cfg-options attn_compile=True
+step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
+  --cfg-options model.backbone.attn_compile=True
+step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
+  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
+  --cfg-options attn_norm_cfg.type=BN
+step bench_retinanet_bn 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_bn.json" \
+  --cfg-options model.backbone.attn_norm_cfg.type=BN
+step bench_backbone_lite 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
+  --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_lite.json" \
+  --cfg-options attn_value_conv=False
+step bench_retinanet_lite 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_lite.json" \
+  --cfg-options model.backbone.attn_value_conv=False
 
 "$PY" - "$RESULTS" "$OUT_DIR" <<'EOF'
 import json, sys
@@ -173,7 +189,7 @@ rows = [line.rstrip('\n').split('\t') for line in open(sys.argv[1]) if line.stri
 steps = [dict(step=s, status=st, seconds=int(t), detail=d) for s, st, t, d in rows]
 json.dump(dict(steps=steps, out_dir=sys.argv[2]),
           open(f'{sys.argv[2]}/summary.json', 'w'), indent=2)
-lines = [f'{r["step"]:<18}{r["status"]:<9}{r["seconds"]:>6} s  {r["detail"]}' for r in steps]
+lines = [f'{r["step"]:<25}{r["status"]:<9}{r["seconds"]:>6} s  {r["detail"]}' for r in steps]
 counts = {k: sum(r['status'] == k for r in steps) for k in ('ok', 'failed', 'skipped')}
 lines.append(', '.join(f'{v} {k}' for k, v in counts.items()) + f'; logs in {sys.argv[2]}/logs')
 open(f'{sys.argv[2]}/summary.txt', 'w').write('\n'.join(lines) + '\n')

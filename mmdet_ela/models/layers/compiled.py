@@ -55,7 +55,9 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
     all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
     logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
     attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]
-    coef = attn.repeat_interleave(d, dim=1) * gamma[:, None]  # [N, C, S]
+    g, s = attn.shape[1:]
+    coef = attn[:, :, None].expand(n, g, d, s).reshape(n, c, s)
+    coef = coef * gamma[:, None]  # [N, C, S]
     bias = beta[None]  # [1, C]
     if scale is not None:
         coef = coef * scale[:, :, None]

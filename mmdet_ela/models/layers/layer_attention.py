@@ -230,11 +230,18 @@ def upsample_add(x: Tensor, low: Tensor) -> Tensor:
     if (lh, lw) == (h, w):
         return x + low
     sh, sw = -(-h // lh), -(-w // lw)
-    rows = low if sw == 1 else low.repeat_interleave(sw, dim=-1)[..., :w]
+    # Repeats by expand + reshape, not repeat_interleave (whose CUDA kernel
+    # met an index on the CPU under autocast in torch 2.11).
+    rows = low
+    if sw != 1:
+        rows = low[..., None].expand(n, c, lh, lw, sw).reshape(
+            n, c, lh, lw * sw)[..., :w]
     if h % sh == 0:
         blocks = x.reshape(n, c, lh, sh, w)
         return (blocks + rows[:, :, :, None]).reshape(n, c, h, w)
-    return x + rows.repeat_interleave(sh, dim=-2)[..., :h, :]
+    rows = rows[:, :, :, None].expand(n, c, lh, sh, w)
+    rows = rows.reshape(n, c, lh * sh, w)
+    return x + rows[:, :, :h]
 
 
 def _needs_backward(*tensors: Tensor) -> bool:
