@@ -57,6 +57,13 @@ def test_compiled_unit_matches_eager_outputs_and_gradients(
         _run(unit, xs)
     torch.testing.assert_close(compiled.attention, eager.attention)
     assert compiled.attention.shape == (4, 4, 3)
+    # Under autocast the output keeps x's dtype, as eager (fp32 x here: the
+    # value convolution is bf16, the residual add promotes).
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = [_run(unit, xs) for unit in (eager, compiled)]
+    for a, b in zip(*outs):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.slow  # compiles about a dozen graphs: ~1-3 min on 2 cores

@@ -64,7 +64,8 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
         bias = bias * scale
     dtype = value.dtype
     coef, bias = coef.to(dtype), bias.to(dtype)
-    # In the values' dtype, as the eager unit (under autocast: half).
+    # The sum in the values' dtype (under autocast: half), the residual add
+    # in the promoted dtype of x and the sum, as the eager unit.
     out = bias[:, :, None, None] + value * coef[:, :, -1, None, None]
     for s, v in enumerate(values):
         out = out + v * coef[:, :, s, None, None]
@@ -76,7 +77,7 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
         sh, sw = -(-h // lh), -(-w // lw)
         out = out[:, :, :, None, :, None].expand(n, c, lh, sh, lw, sw)
         out = out.reshape(n, c, lh * sh, lw * sw)[:, :, :h, :w]
-    return out + x.to(dtype), key, attn
+    return x + out, key, attn
 
 
 _COMPILED = None
