@@ -19,6 +19,12 @@
 #                     on CUDA both are made again by default): what recomputing costs in
 #                     time and saves in memory
 #   test_cuda         pytest tests/test_cuda.py, all but the compiled unit  test_cuda.xml
+#   bench_retinanet_compile
+#                     bench_retinanet with attn_compile=True (torch.compile, Triton: fewer
+#                     and fused kernels; on a GPU the eager unit's cost is mostly its
+#                     many small ops)
+#   test_cuda_compile pytest tests/test_cuda.py -k compiled (slow: every shape and dtype
+#                     compiles)                                        test_cuda_compile.xml
 #   bench_retinanet_ops
 #                     bench_retinanet with the half-resolution unit as alt, 5 rounds,
 #                     then one round op by op (--op-costs 1: where the extra time goes)
@@ -31,10 +37,8 @@
 #   mmdet_get_flops   mmdet's analysis_tools/get_flops.py on the shapes config (CPU or
 #                     CUDA; it builds the model from the config alone, so the dense one)
 #   unit_cost         unit_cost.py on CUDA at about layer3's size (chained vs unchained)
-#   test_cuda_compile pytest tests/test_cuda.py -k compiled (torch.compile, Triton; slow:
-#                     every shape and dtype compiles)                  test_cuda_compile.xml
-#   bench_backbone_compile, bench_retinanet_compile
-#                     bench_backbone and bench_retinanet with attn_compile=True
+#   bench_backbone_compile
+#                     bench_backbone with attn_compile=True
 #   bench_backbone_bn, bench_retinanet_bn
 #                     the same two with the unit of mmdet-ela 0.1 (a BN output,
 #                     attn_norm_cfg=dict(type='BN'))
@@ -55,7 +59,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env bench_retinanet bench_backbone bench_retinanet_kept test_cuda bench_retinanet_ops shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops unit_cost test_cuda_compile bench_backbone_compile bench_retinanet_compile bench_backbone_bn bench_retinanet_bn}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env bench_retinanet bench_backbone bench_retinanet_kept test_cuda bench_retinanet_compile test_cuda_compile bench_retinanet_ops shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops unit_cost bench_backbone_compile bench_backbone_bn bench_retinanet_bn}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -126,6 +130,12 @@ step bench_retinanet_kept 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 133
   model.backbone.attn_recompute_outputs=False
 step test_cuda 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k "not compiled" \
   --junitxml="$OUT_DIR/test_cuda.xml"
+step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
+  --cfg-options model.backbone.attn_compile=True
+step test_cuda_compile 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k compiled \
+  --junitxml="$OUT_DIR/test_cuda_compile.xml"
 step bench_retinanet_ops 1 "$PY" tools/analysis/benchmark.py --warmup 3 --repeats 5 "$RETINA_CFG" \
   --img-size 800 1333 --batch-size 2 --device cuda --amp --variants plain dense alt \
   --out "$OUT_DIR/bench_retinanet_r50_amp_ops.json" --op-costs 1 \
@@ -159,15 +169,9 @@ step mmdet_get_flops 0 "$PY" "$MMDET_TOOLS/get_flops.py" "$SHAPES_CFG" --num-ima
 # layer3 of R-50 at 1333x800 is 50x84; --size 64 gives about its area (square)
 step unit_cost 1 "$PY" tools/analysis/unit_cost.py --channels 1024 --size 64 --units 6 \
   --device cuda --out "$OUT_DIR/unit_cost_layer3_size64.json"
-step test_cuda_compile 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k compiled \
-  --junitxml="$OUT_DIR/test_cuda_compile.xml"
 step bench_backbone_compile 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_compile.json" \
   --cfg-options attn_compile=True
-step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
-  --cfg-options model.backbone.attn_compile=True
 step bench_backbone_bn 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
   --batch-size 4 --device cuda --out "$OUT_DIR/bench_backbone_r50_bn.json" \
   --cfg-options attn_norm_cfg.type=BN
