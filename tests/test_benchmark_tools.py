@@ -337,6 +337,10 @@ def test_benchmark_config_every_variant(tmp_path):
     ops = res['op_costs']
     assert list(ops['top']) == ['dense', 'alt', 'pruned', 'mask']
     assert all(ms > 0 for ms in ops['step_op_ms'].values())
+    # more ops dispatched with units; pruning removes some
+    counts = ops['step_ops']
+    assert counts['plain'] < counts['mask'] < counts['dense']
+    assert f'{counts["dense"]:.0f} ops' in format_results(res)
     assert ops['split']['dense']['extra_calls_ms'] > 0
     # the units' ops (e.g. the value convolution) run in dense, not plain
     assert any(r['extra_calls'] > 0 for r in ops['top']['dense'])

@@ -114,14 +114,19 @@ def format_op_costs(ops: Mapping[str, Any],
     """Per variant, the ops whose time per train step grew most against
     plain (``results['op_costs']``)."""
     plain_ms = ops['step_op_ms']['plain']
+    counts = ops.get('step_ops', {})  # absent in JSON of 0.3.9 and before
+    plain_ops = f', {counts["plain"]:.0f} ops' if counts else ''
     lines = [
         f'ops timed one by one ({ops["rounds"]} round(s); slower than the '
-        f'steps above): plain {plain_ms:.0f} ms per step'
+        f'steps above): plain {plain_ms:.0f} ms per step{plain_ops}'
     ]
     for name, rows in ops['top'].items():
         ms, split = ops['step_op_ms'][name], ops['split'][name]
+        extra_ops = (f', {counts[name]:.0f} ops '
+                     f'({counts[name] - counts["plain"]:+.0f})' if counts else
+                     '')
         lines.append(
-            f'{variants[name]["label"]}: {ms:.0f} ms per step '
+            f'{variants[name]["label"]}: {ms:.0f} ms per step{extra_ops} '
             f'({ms - plain_ms:+.0f}: {split["extra_calls_ms"]:+.0f} in calls '
             f'that plain does not make, {split["slower_ms"]:+.0f} in the '
             'calls of both); the ops that grew most:')
