@@ -167,8 +167,10 @@ def _op_costs(s: BenchmarkSettings,
                     for n in works},
         # ops dispatched per step (views too): on a GPU each op costs a
         # launch or at least a dispatch, whatever its size
-        step_ops={n: sum(c['calls'] for c in costs[n].values())
-                  for n in works},
+        step_ops={
+            n: sum(c['calls'] for c in costs[n].values())
+            for n in works
+        },
         split={n: op_split(costs, n)
                for n in works if n != 'plain'},
         top={n: op_deltas(costs, n)

@@ -123,8 +123,8 @@ def format_op_costs(ops: Mapping[str, Any],
     for name, rows in ops['top'].items():
         ms, split = ops['step_op_ms'][name], ops['split'][name]
         extra_ops = (f', {counts[name]:.0f} ops '
-                     f'({counts[name] - counts["plain"]:+.0f})' if counts else
-                     '')
+                     f'({counts[name] - counts["plain"]:+.0f})'
+                     if counts else '')
         lines.append(
             f'{variants[name]["label"]}: {ms:.0f} ms per step{extra_ops} '
             f'({ms - plain_ms:+.0f}: {split["extra_calls_ms"]:+.0f} in calls '

@@ -234,8 +234,8 @@ def upsample_add(x: Tensor, low: Tensor) -> Tensor:
     # met an index on the CPU under autocast in torch 2.11).
     rows = low
     if sw != 1:
-        rows = low[..., None].expand(n, c, lh, lw, sw).reshape(
-            n, c, lh, lw * sw)[..., :w]
+        rows = low[..., None].expand(n, c, lh, lw, sw)
+        rows = rows.reshape(n, c, lh, lw * sw)[..., :w]
     if h % sh == 0:
         blocks = x.reshape(n, c, lh, sh, w)
         return (blocks + rows[:, :, :, None]).reshape(n, c, h, w)
@@ -642,7 +642,9 @@ class LayerAttention(BaseModule):
             value = self._value(x)
 
         all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
-        logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
+        # q . k_s as a product and a sum: 3 ops forward, where einsum
+        # dispatches 13 (views and a bmm); on a GPU each op costs a launch.
+        logits = (all_keys * query.unsqueeze(2)).sum(dim=-1)  # [N, G, S]
         attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]
         if self.recording:
             self.attention = attn.detach()

@@ -204,11 +204,12 @@ def affine_mix(coef: Tensor,
         bias are accumulated in place. (``addcmul`` over the broadcast bias
         is more than twice as slow on CPU as over a full-size ``x``.)
     """
-    last = coef[:, :, -1, None, None]
+    weights = coef[..., None, None]  # [N, C, S, 1, 1]: one select per value
+    last = weights[:, :, -1]
     out = values[-1] * last if x is None else torch.addcmul(
         x, values[-1], last)
     for s, v in enumerate(values[:-1]):
-        out.addcmul_(v, coef[:, :, s, None, None])
+        out.addcmul_(v, weights[:, :, s])
     return out.add_(bias[..., None, None])
 
 
@@ -422,8 +423,9 @@ class AffineMix(torch.autograd.Function):
             grad_x = grad
         chain, last = ctx.value_grads, len(values) - 1
         grad_values = []
+        weights = coef[..., None, None]  # [N, C, S, 1, 1]
         for s in range(len(values)):
-            weight = coef[:, :, s, None, None]
+            weight = weights[:, :, s]
             if not need[s + 5]:
                 grad_values.append(None)
             elif chain is None:
