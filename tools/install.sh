@@ -32,17 +32,17 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
-INDEX_OPTS=()
-[ -n "${ELA_WHEELHOUSE:-}" ] && INDEX_OPTS=(--no-index --find-links "$ELA_WHEELHOUSE")
+PIP_OPTS=()
+[ -n "${ELA_WHEELHOUSE:-}" ] && PIP_OPTS=(--no-index --find-links "$ELA_WHEELHOUSE")
 pip_install() {
-  "$PY" -m pip install --disable-pip-version-check -q "${INDEX_OPTS[@]}" "$@"
+  "$PY" -m pip install --disable-pip-version-check -q "${PIP_OPTS[@]}" "$@"
 }
 if [ -n "${ELA_WHEELHOUSE:-}" ]; then
   # Offline: what the wheelhouse holds, without dependency resolution (mmengine asks for
   # opencv-python; an image's opencv-python-headless gives the same cv2).
   echo "[install] offline, from $ELA_WHEELHOUSE"
   pip_install --no-deps "$ELA_WHEELHOUSE"/*.whl
-  INDEX_OPTS+=(--no-deps)
+  PIP_OPTS+=(--no-deps)
   # pip runs inside builds (the editable install's) look there too
   export PIP_NO_INDEX=1 PIP_FIND_LINKS="$ELA_WHEELHOUSE"
 fi
@@ -69,7 +69,7 @@ if ! "$PY" -c 'import mmcv, mmcv.ops' >/dev/null 2>&1 || [ "$("$PY" -c 'import m
     # CFLAGS replaces the default debug flags: keep -O3 and -DNDEBUG (19 min -> 5 min, 83 MB -> 2 MB).
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="-DNDEBUG -O3 -g0 -fwrapv" \
       "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps \
-      "${INDEX_OPTS[@]}" -w "$WHEELS.partial" mmcv==2.1.0 \
+      "${PIP_OPTS[@]}" -w "$WHEELS.partial" mmcv==2.1.0 \
       || { echo "[install] mmcv build failed" >&2; exit 1; }
     mv "$WHEELS.partial"/mmcv-2.1.0-*.whl "$WHEELS"/ && rm -rf "$WHEELS.partial"
   fi

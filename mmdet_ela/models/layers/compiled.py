@@ -11,13 +11,12 @@ Each memory length and feature size is a graph of its own (dynamic shapes
 after the first change of size); pruning changes the memory lengths, and the
 next call compiles again. The first steps are slow: time after a warm-up.
 """
-import math
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .ops import query_key
+from .ops import attention, channel_weights, query_key
 
 #: Graphs allowed for :func:`affine_attend` (torch's default of 8 is fewer
 #: than the memory lengths x sizes x grad modes of one detector).
@@ -52,12 +51,8 @@ def affine_attend(x: Tensor, value: Tensor, query_key_weights: Tensor,
     d = dim_per_head
     y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
     query, key = query_key(y, query_key_weights, d)  # [N, G, d]
-    all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
-    logits = torch.einsum('ngd,ngsd->ngs', query, all_keys)
-    attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]
-    g, s = attn.shape[1:]
-    coef = attn[:, :, None].expand(n, g, d, s).reshape(n, c, s)
-    coef = coef * gamma[:, None]  # [N, C, S]
+    attn = attention(query, list(keys) + [key])  # [N, G, S]
+    coef = channel_weights(attn, gamma)  # [N, C, S]
     bias = beta[None]  # [1, C]
     if scale is not None:
         coef = coef * scale[:, :, None]

@@ -24,7 +24,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .compiled import compiled_affine_attend
 from .ops import (AffineMix, DepthwiseConvSplitBackward, RecomputedValues,
                   ValueGradients, ValueRecipe, WeightedSumOverMemory,
-                  affine_mix, mix_values, query_key, resize_values)
+                  affine_mix, attention, channel_weights, mix_values,
+                  query_key, resize_values)
 from .replay import OutputReplay
 
 
@@ -641,11 +642,7 @@ class LayerAttention(BaseModule):
         if value is None:  # [N, C, h, w]; h = H at value_stride 1
             value = self._value(x)
 
-        all_keys = torch.stack(list(keys) + [key], dim=2)  # [N, G, S, d]
-        # q . k_s as a product and a sum: 3 ops forward, where einsum
-        # dispatches 13 (views and a bmm); on a GPU each op costs a launch.
-        logits = (all_keys * query.unsqueeze(2)).sum(dim=-1)  # [N, G, S]
-        attn = (logits / math.sqrt(d)).softmax(dim=-1)  # [N, G, S]
+        attn = attention(query, list(keys) + [key])  # [N, G, S]
         if self.recording:
             self.attention = attn.detach()
 
@@ -711,11 +708,9 @@ class LayerAttention(BaseModule):
             Tensor: [N, C, H, W]. At a lower resolution the sum is added to
             ``x`` by :func:`upsample_add`.
         """
-        n, g, s = attn.shape
+        n = attn.shape[0]
         norm = self.norm
-        # [N, G, S] -> [N, C, S]: each head's weight for its d channels,
-        # times gamma, in one broadcast product ([N, G, d, S] viewed).
-        coef = (attn.unsqueeze(2) * norm.weight.view(g, -1, 1)).view(n, -1, s)
+        coef = channel_weights(attn, norm.weight)  # [N, C, S]
         bias = norm.bias[None]  # [1, C]
         rate = getattr(self.drop_path, 'drop_prob', 0.0)  # Identity: none
         if self.training and rate > 0:

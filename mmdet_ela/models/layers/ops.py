@@ -6,6 +6,7 @@ full-size feature maps, forward and backward. The functions here remove passes
 that autograd's generic derivatives would make. Each has a test that compares
 its gradients with autograd's through plain ops.
 """
+import math
 from collections import defaultdict
 from typing import Dict, List, NamedTuple, Optional
 
@@ -123,6 +124,38 @@ def query_key(y: Tensor, weights: Tensor, dim_per_head: int) -> tuple:
     query, key = F.conv1d(y.unsqueeze(1), weights, padding=pad).unbind(1)
     shape = (n, c // dim_per_head, dim_per_head)
     return query.reshape(shape), key.reshape(shape)
+
+
+def attention(query: Tensor, keys: List[Tensor]) -> Tensor:
+    """``A = softmax_s(<q, k_s> / sqrt(d))`` per head.
+
+    Args:
+        query (Tensor): [N, G, d].
+        keys (list[Tensor]): S keys [N, G, d], in memory order (the unit's
+            own last).
+
+    Returns:
+        Tensor: A, [N, G, S]. The dot products are a product and a sum (3
+        ops forward; einsum dispatches 13, views around one batched matmul,
+        and on a GPU each op costs a launch).
+    """
+    all_keys = torch.stack(keys, dim=2)  # [N, G, S, d]
+    logits = (all_keys * query.unsqueeze(2)).sum(dim=-1)  # [N, G, S]
+    return (logits / math.sqrt(query.shape[-1])).softmax(dim=-1)
+
+
+def channel_weights(attn: Tensor, gamma: Tensor) -> Tensor:
+    """Each head's weights for its d channels, times the affine's gamma.
+
+    Args:
+        attn (Tensor): [N, G, S].
+        gamma (Tensor): [C], C = G * d.
+
+    Returns:
+        Tensor: [N, C, S], one broadcast product ([N, G, d, S] viewed).
+    """
+    n, g, s = attn.shape
+    return (attn.unsqueeze(2) * gamma.view(g, -1, 1)).view(n, -1, s)
 
 
 def mix_values(attn: Tensor, values: List[Tensor]) -> Tensor:
