@@ -16,6 +16,8 @@ import torch
 from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
+from mmdet_ela.analysis.kernel_time import (busy_us, kernel_deltas,
+                                            kernel_times, summary_line)
 from mmdet_ela.analysis.memory import peak_allocated_bytes
 from mmdet_ela.analysis.op_costs import op_costs, op_deltas, op_split
 from mmdet_ela.analysis.report import format_results
@@ -281,6 +283,42 @@ def test_op_costs_attribute_the_extra_ops():
         op_costs(dict(base=base), 0, torch.device('cpu'))
 
 
+def test_kernel_time_busy_union_and_deltas():
+    """Overlapping kernels count once; the deltas rank the kernels that
+    grew; on CPU the wall time comes without device figures."""
+    assert busy_us([(5, 6), (0, 2), (1, 3), (5.5, 5.7)]) == 4
+    assert busy_us([]) == 0
+    times = dict(
+        plain=dict(
+            wall_ms=10.0,
+            busy_ms=8.0,
+            kernel_calls=3,
+            kernels=dict(
+                gemm=dict(ms=6.0, calls=2), relu=dict(ms=2.0, calls=1))),
+        dense=dict(
+            wall_ms=15.0,
+            busy_ms=9.0,
+            kernel_calls=6,
+            kernels=dict(
+                gemm=dict(ms=6.5, calls=2),
+                relu=dict(ms=2.0, calls=1),
+                mul=dict(ms=0.5, calls=3))))
+    rows = kernel_deltas(times, 'dense')
+    assert [r['kernel'] for r in rows] == ['gemm', 'mul', 'relu']
+    assert rows[1] == dict(
+        kernel='mul', extra_ms=0.5, ms=0.5, base_ms=0.0, extra_calls=3)
+    assert '(+5.0)' in summary_line(times, 'dense')
+    a = torch.randn(64, 64)
+    cpu = kernel_times(
+        dict(plain=lambda: a @ a, dense=lambda: (a @ a).relu()), 2,
+        torch.device('cpu'))
+    assert all(t['wall_ms'] > 0 and t['busy_ms'] is None and not t['kernels']
+               for t in cpu.values())
+    assert summary_line(cpu, 'dense') is None
+    with pytest.raises(ValueError, match='rounds=0'):
+        kernel_times(dict(plain=lambda: None), 0, torch.device('cpu'))
+
+
 # --------------------------------------------------------------- benchmark
 def _hook_record(folder) -> dict:
     """A real round record for the shapes model that prunes some units."""
@@ -309,7 +347,7 @@ def test_benchmark_config_every_variant(tmp_path):
         SHAPES_CONFIG, *TINY_BENCH, '--memory', 'allocated', '--mask', path,
         '--out', out, '--plot', png, '--alt-options',
         'model.backbone.attn_value_stride=2', 'model.neck.attn_value_stride=2',
-        '--op-costs', '1'
+        '--op-costs', '1', '--kernel-time', '1'
     ])
     v = res['variants']
     assert list(v) == ['plain', 'dense', 'alt', 'pruned', 'mask']
@@ -344,6 +382,12 @@ def test_benchmark_config_every_variant(tmp_path):
     assert ops['split']['dense']['extra_calls_ms'] > 0
     # the units' ops (e.g. the value convolution) run in dense, not plain
     assert any(r['extra_calls'] > 0 for r in ops['top']['dense'])
+    # under the profiler: wall times; device figures need CUDA
+    kernels = res['kernel_time']
+    assert list(kernels['top']) == ['dense', 'alt', 'pruned', 'mask']
+    assert all(t['wall_ms'] > 0 and t['busy_ms'] is None
+               for t in kernels['steps'].values())
+    assert 'device busy - (no CUDA)' in format_results(res)
     assert v['plain']['units_total'] == 0
     assert v['dense']['units_kept'] == v['dense']['units_total'] > 0
     assert v['mask']['mask'] == record['mask']

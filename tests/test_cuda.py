@@ -201,3 +201,18 @@ def test_cuda_replayed_outputs_match_kept(autocast):
     for recompute in (None, True):
         for a, b in zip(run(recompute), kept):
             torch.testing.assert_close(a, b)
+
+
+def test_cuda_kernel_time_sees_the_device():
+    """The profiler's device events: busy time within the wall time, the
+    extra kernels of a longer call."""
+    from mmdet_ela.analysis.kernel_time import kernel_deltas, kernel_times
+    a = torch.randn(1024, 1024, device='cuda')
+    times = kernel_times(
+        dict(plain=lambda: a @ a, dense=lambda: (a @ a @ a).relu()), 2,
+        torch.device('cuda'))
+    for t in times.values():
+        assert 0 < t['busy_ms'] <= t['wall_ms'] and t['kernel_calls'] >= 1
+    assert times['dense']['busy_ms'] > times['plain']['busy_ms']
+    assert times['dense']['kernel_calls'] > times['plain']['kernel_calls']
+    assert kernel_deltas(times, 'dense')[0]['extra_ms'] > 0

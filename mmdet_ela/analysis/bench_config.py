@@ -65,6 +65,9 @@ class BenchmarkSettings:
             tensors, :func:`~.memory.cpu_step_peak_mb`) or ``'none'``.
         op_costs (int): rounds of train steps timed op by op
             (:mod:`.op_costs`); 0 = none.
+        kernel_time (int): rounds of train steps under the profiler, for
+            the device's busy time against the wall time
+            (:mod:`.kernel_time`; device figures on CUDA only); 0 = none.
         keep_freed_memory (bool): set glibc's malloc to keep freed memory
             in the process, and in the memory subprocesses
             (:func:`~mmdet_ela.utils.keep_freed_memory`), for every variant.
@@ -94,6 +97,7 @@ class BenchmarkSettings:
     memory: str = 'none'
     flops: bool = True
     op_costs: int = 0
+    kernel_time: int = 0
     keep_freed_memory: bool = False
 
 

@@ -20,6 +20,9 @@ Peak memory comes from the CUDA allocator, or on CPU from a fresh process per
 variant (:mod:`.memory`); FLOPs per image from :func:`count_flops`. With
 ``op_costs`` rounds, the train steps run once more op by op
 (:mod:`.op_costs`), and the ops that grew most against plain are listed.
+With ``kernel_time`` rounds, the train steps run under the profiler: on CUDA
+the device's busy time beside the wall time, and the kernels that grew most
+(:mod:`.kernel_time`).
 """
 import dataclasses
 import statistics
@@ -35,6 +38,7 @@ from .bench_config import (LABELS, SCORE_SEED, VARIANTS, BenchmarkSettings,
                            ModelSetup, build_variant, build_workload,
                            model_setup)
 from .flops import EXTRA_FLOP_OPS, FLOP_CONVENTION, count_flops
+from .kernel_time import kernel_deltas, kernel_times
 from .memory import cpu_step_peak_mb, cuda_step_peak_mb, run_children
 from .op_costs import op_costs, op_deltas, op_split
 from .report import environment
@@ -177,6 +181,30 @@ def _op_costs(s: BenchmarkSettings,
              for n in works if n != 'plain'})
 
 
+def _kernel_time(s: BenchmarkSettings,
+                 works: Dict[str, Workload]) -> Optional[Dict[str, Any]]:
+    """Each variant's train step under the profiler: wall time, the
+    device's busy time and kernels, and the kernels that grew most against
+    plain (device figures on CUDA only)."""
+    if not s.kernel_time:
+        return None
+    times = kernel_times({
+        n: w.train_step
+        for n, w in works.items()
+    }, s.kernel_time, torch.device(s.device))
+    return dict(
+        rounds=s.kernel_time,
+        steps={
+            n: {
+                k: v
+                for k, v in t.items() if k != 'kernels'
+            }
+            for n, t in times.items()
+        },
+        top={n: kernel_deltas(times, n)
+             for n in works if n != 'plain'})
+
+
 def _memory(s: BenchmarkSettings, works: Dict[str, Workload],
             masks: Dict[str, Optional[dict]],
             variants: Dict[str, dict]) -> Optional[str]:
@@ -252,6 +280,7 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
     }
     _time(s, works, variants)
     ops = _op_costs(s, works)
+    kernels = _kernel_time(s, works)
     memory_method = _memory(s, works, masks, variants)
     add_ratios(variants, 'plain')
     flops = dict(per='image (batch 1, eval mode, mode="tensor")',
@@ -270,4 +299,5 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
         memory_method=memory_method,
         flops=flops,
         op_costs=ops,
+        kernel_time=kernels,
         notes=notes)

@@ -140,6 +140,43 @@ def format_op_costs(ops: Mapping[str, Any],
     return lines
 
 
+def format_kernel_time(kernels: Mapping[str, Any],
+                       variants: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """Per variant, wall and device busy time of a train step under the
+    profiler, and the kernels that grew most (``results['kernel_time']``).
+    """
+    steps = kernels['steps']
+    plain = steps['plain']
+    lines = [
+        f'train steps under the profiler ({kernels["rounds"]} round(s); '
+        'slower than the steps above; busy: the device ran a kernel, copy or '
+        'fill): plain wall ' + _wall_busy(plain)
+    ]
+    for name, rows in kernels['top'].items():
+        t = steps[name]
+        line = (f'{variants[name]["label"]}: wall {_wall_busy(t)}; extra '
+                f'wall {t["wall_ms"] - plain["wall_ms"]:+.1f} ms')
+        if t['busy_ms'] is not None:
+            line += (f', extra busy {t["busy_ms"] - plain["busy_ms"]:+.1f} '
+                     f'ms, extra kernels '
+                     f'{t["kernel_calls"] - plain["kernel_calls"]:+.0f}')
+        lines.append(line)
+        if rows:
+            lines.append('  extra ms  ms / plain ms  extra calls  kernel')
+        for r in rows[:OP_ROWS]:
+            lines.append(f'  {r["extra_ms"]:8.2f}  {r["ms"]:6.2f} / '
+                         f'{r["base_ms"]:6.2f}  {r["extra_calls"]:11.0f}  '
+                         f'{r["kernel"][:90]}')
+    return lines
+
+
+def _wall_busy(step: Mapping[str, Any]) -> str:
+    busy = ('device busy - (no CUDA)' if step['busy_ms'] is None else
+            f'device busy {step["busy_ms"]:.1f} ms '
+            f'({step["kernel_calls"]:.0f} kernels)')
+    return f'{step["wall_ms"]:.1f} ms, {busy}'
+
+
 def format_results(results: Mapping[str, Any]) -> str:
     """The header line, the table and the notes of a benchmark's results."""
     s, env = results['settings'], results['environment']
@@ -180,6 +217,9 @@ def format_results(results: Mapping[str, Any]) -> str:
                                 for k, v in missing.items()) or 'none'))
     if results.get('op_costs'):
         lines += format_op_costs(results['op_costs'], results['variants'])
+    if results.get('kernel_time'):
+        lines += format_kernel_time(results['kernel_time'],
+                                    results['variants'])
     lines += [f'note: {n}' for n in results['notes']]
     if results.get('ebqm'):
         lines.append(_pruned_units(results['ebqm']))

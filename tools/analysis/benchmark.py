@@ -132,6 +132,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'list the ops that grew most against plain (where the extra time '
         'goes; default: 0, none)')
     p.add_argument(
+        '--kernel-time',
+        type=int,
+        default=0,
+        metavar='ROUNDS',
+        help='then run ROUNDS more train steps per variant under the '
+        'profiler: on CUDA the time the device was busy with kernels beside '
+        'the wall time (does the step wait for the kernels or for the host?)'
+        ', and the kernels that grew most against plain; default: 0, none')
+    p.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -178,8 +187,10 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ('batch_size', 'repeats', 'threads', 'score_batches'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1')
-    if min(args.img_size) < 1 or args.warmup < 0 or args.op_costs < 0:
-        p.error('--img-size must be >= 1, --warmup and --op-costs >= 0')
+    if min(args.img_size) < 1 or args.warmup < 0 or min(
+            args.op_costs, args.kernel_time) < 0:
+        p.error('--img-size must be >= 1, --warmup, --op-costs and '
+                '--kernel-time >= 0')
     if args.memory == 'auto':
         args.memory = 'cuda' if args.device == 'cuda' else 'subprocess'
     if args.memory == 'cuda' and args.device != 'cuda':
@@ -216,6 +227,7 @@ def settings_of(args: argparse.Namespace) -> BenchmarkSettings:
         memory=args.memory,
         flops=not args.no_flops,
         op_costs=args.op_costs,
+        kernel_time=args.kernel_time,
         keep_freed_memory=args.keep_freed_memory)
 
 

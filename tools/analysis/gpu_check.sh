@@ -9,8 +9,19 @@
 # ELA_WHEELHOUSE). Steps, most wanted first (a short lease may end the run early):
 #
 #   env               torch / CUDA / device versions                      env.json
-#   bench_retinanet   benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
-#                     batch 2, --amp, variants plain dense pruned (the CUDA targets)
+#   test_cuda         pytest tests/test_cuda.py, all but the compiled unit  test_cuda.xml
+#   bench_retinanet_ops
+#                     benchmark.py on the shipped RetinaNet ELA-R50 config, 1333x800,
+#                     batch 2, --amp, plain dense pruned, 5 rounds, then one round op by
+#                     op (--op-costs 1) and two under the profiler (--kernel-time 2): is
+#                     the units' extra time the device's kernels or the host's launches,
+#                     and which ops and kernels grew
+#   bench_retinanet_compile
+#                     bench_retinanet with attn_compile=True (torch.compile, Triton: fewer
+#                     and fused kernels), with --kernel-time 2
+#   test_cuda_compile pytest tests/test_cuda.py -k compiled (slow: every shape and dtype
+#                     compiles)                                        test_cuda_compile.xml
+#   bench_retinanet   the same RetinaNet benchmark, 10 rounds (the CUDA targets)
 #   bench_backbone    benchmark.py --model backbone --depth 50, 224, batch 4, CUDA, with
 #                     the half-resolution unit (attn_value_stride=2) as the alt variant
 #   bench_retinanet_kept
@@ -18,16 +29,6 @@
 #                     backward (attn_recompute_values=False, attn_recompute_outputs=False;
 #                     on CUDA both are made again by default): what recomputing costs in
 #                     time and saves in memory
-#   test_cuda         pytest tests/test_cuda.py, all but the compiled unit  test_cuda.xml
-#   bench_retinanet_compile
-#                     bench_retinanet with attn_compile=True (torch.compile, Triton: fewer
-#                     and fused kernels; on a GPU the eager unit's cost is mostly its
-#                     many small ops)
-#   test_cuda_compile pytest tests/test_cuda.py -k compiled (slow: every shape and dtype
-#                     compiles)                                        test_cuda_compile.xml
-#   bench_retinanet_ops
-#                     bench_retinanet with the half-resolution unit as alt, 5 rounds,
-#                     then one round op by op (--op-costs 1: where the extra time goes)
 #   shapes_data       a small synthetic shapes dataset                    data/shapes
 #   pruned_ckpt       the shapes config's model with the last unit of every stack
 #                     pruned, saved by mmengine's save_checkpoint         pruned.pth
@@ -59,7 +60,7 @@ OUT_DIR="${1:-${OUT:-work_dirs/gpu_check}}"
 mkdir -p "$OUT_DIR/logs" && OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 VENV="${ELA_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-STEPS="${ELA_GPU_CHECK_STEPS:-env bench_retinanet bench_backbone bench_retinanet_kept test_cuda bench_retinanet_compile test_cuda_compile bench_retinanet_ops shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops unit_cost bench_backbone_compile bench_backbone_bn bench_retinanet_bn}"
+STEPS="${ELA_GPU_CHECK_STEPS:-env test_cuda bench_retinanet_ops bench_retinanet_compile test_cuda_compile bench_retinanet bench_backbone bench_retinanet_kept shapes_data pruned_ckpt bench_shapes_mask mmdet_benchmark mmdet_get_flops unit_cost bench_backbone_compile bench_backbone_bn bench_retinanet_bn}"
 SHAPES_CFG="configs/shapes/retinanet_ela-r18_ela-fpn_shapes.py"
 RETINA_CFG="configs/retinanet/retinanet_ela-r50_fpn_1x_coco.py"
 DATA="$OUT_DIR/data/shapes"
@@ -118,6 +119,17 @@ env = dict(python=platform.python_version(), torch=torch.__version__,
            device=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
            mmcv=mmcv.__version__, mmdet=mmdet.__version__, mmengine=mmengine.__version__)
 json.dump(env, open('$OUT_DIR/env.json', 'w'), indent=2); print(env)"
+step test_cuda 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k "not compiled" \
+  --junitxml="$OUT_DIR/test_cuda.xml"
+step bench_retinanet_ops 1 "$PY" tools/analysis/benchmark.py --warmup 3 --repeats 5 "$RETINA_CFG" \
+  --img-size 800 1333 --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_ops.json" --op-costs 1 --kernel-time 2
+step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
+  --kernel-time 2 --cfg-options model.backbone.attn_compile=True
+step test_cuda_compile 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k compiled \
+  --junitxml="$OUT_DIR/test_cuda_compile.xml"
 step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \
   --device cuda --amp --variants plain dense pruned --out "$OUT_DIR/bench_retinanet_r50_amp.json"
 step bench_backbone 1 "$PY" "${BENCH[@]}" --model backbone --depth 50 --img-size 224 \
@@ -128,18 +140,6 @@ step bench_retinanet_kept 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 133
   --out "$OUT_DIR/bench_retinanet_r50_amp_kept.json" \
   --cfg-options model.backbone.attn_recompute_values=False \
   model.backbone.attn_recompute_outputs=False
-step test_cuda 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k "not compiled" \
-  --junitxml="$OUT_DIR/test_cuda.xml"
-step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
-  --cfg-options model.backbone.attn_compile=True
-step test_cuda_compile 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k compiled \
-  --junitxml="$OUT_DIR/test_cuda_compile.xml"
-step bench_retinanet_ops 1 "$PY" tools/analysis/benchmark.py --warmup 3 --repeats 5 "$RETINA_CFG" \
-  --img-size 800 1333 --batch-size 2 --device cuda --amp --variants plain dense alt \
-  --out "$OUT_DIR/bench_retinanet_r50_amp_ops.json" --op-costs 1 \
-  --alt-options model.backbone.attn_value_stride=2
 step shapes_data 0 "$PY" tools/misc/make_shapes_dataset.py --out-dir "$DATA" --num-train 8 \
   --num-val $NUM_VAL --no-progress
 step pruned_ckpt 0 "$PY" - "$SHAPES_CFG" "$OUT_DIR/pruned.pth" <<'EOF'
