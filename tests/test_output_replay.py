@@ -77,15 +77,18 @@ def test_replayed_outputs_bottleneck_half_resolution_pruned(
 
 
 class DepthwiseConvCount(TorchDispatchMode):
-    """Counts the depthwise convolutions dispatched while active."""
+    """Counts the depthwise convolutions (``count``), the softmaxes and all
+    ops (``ops``) dispatched while active."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.count = self.softmax = self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.convolution.default and args[-1] > 1:
             self.count += 1
+        self.softmax += func is torch.ops.aten._softmax.default
+        self.ops += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -95,7 +98,10 @@ def test_replay_reuses_the_units_own_value(values, monkeypatch):
     computed again than without: each unit's own value comes from forward
     (kept) or from the values made again, not from its convolution again.
     The outputs are computed again: one replay per unit but each stage's
-    last (12 of 16 in R-50)."""
+    last (12 of 16 in R-50), from the mixing weights that forward handed
+    over: the attention is not computed again (no softmax in backward), and
+    a replay dispatches a few ops (the weighted sum), not the unit's
+    forward."""
     replays = []
     compute = OutputReplay.compute
 
@@ -105,7 +111,7 @@ def test_replay_reuses_the_units_own_value(values, monkeypatch):
 
     monkeypatch.setattr(OutputReplay, 'compute', counted)
     x = torch.rand(1, 3, 64, 64)
-    counts = {}
+    counts, ops = {}, {}
     for replay in (False, True):
         model = _backbone(
             50, attn_recompute_values=values, attn_recompute_outputs=replay)
@@ -113,8 +119,13 @@ def test_replay_reuses_the_units_own_value(values, monkeypatch):
         with DepthwiseConvCount() as mode:
             loss.backward()
         counts[replay] = mode.count
+        ops[replay] = mode.ops
+        assert mode.softmax == 0
     assert counts[True] == counts[False] > 0
     assert len(replays) == 12
+    assert all(r.weights is not None for r in replays)
+    # 22 more ops per replay in backward (the attention made again too: 40)
+    assert ops[False] < ops[True] < ops[False] + 30 * len(replays)
 
 
 def test_replay_leaves_no_cycle_and_keeps_the_recorded_attention():

@@ -71,7 +71,7 @@ class ELAResLayer(BaseModule):
                 continue
             if i < len(self) - 1 and self._recomputes_outputs(x):
                 replay = self.attn.output_replay(i, x, memory)
-            x = self.attn(i, x, memory)
+            x = self.attn(i, x, memory, replay)
             if replay is not None:
                 replay.bind(x, memory)
         return x

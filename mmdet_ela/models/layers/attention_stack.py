@@ -87,13 +87,17 @@ class LayerAttentionStack(BaseModule):
         """(index, unit) of the remaining units, in sequence order."""
         return [(int(k), u) for k, u in self.units.items()]
 
-    def forward(self, index: int, x: Tensor,
-                memory: LayerAttentionMemory) -> Tensor:
-        """Apply unit ``index`` to x ([N, C, H, W]); identity if pruned."""
+    def forward(self,
+                index: int,
+                x: Tensor,
+                memory: LayerAttentionMemory,
+                replay: Optional[OutputReplay] = None) -> Tensor:
+        """Apply unit ``index`` to x ([N, C, H, W]); identity if pruned.
+        ``replay``: the unit's :meth:`output_replay`, if any."""
         key = str(index)
         if key not in self.units:
             return x
-        return self.units[key](x, memory)
+        return self.units[key](x, memory, replay)
 
     def output_replay(self, index: int, x: Tensor,
                       memory: LayerAttentionMemory) -> Optional[OutputReplay]:

@@ -509,12 +509,18 @@ class LayerAttention(BaseModule):
             "attn_norm_cfg=dict(type='BN') (mmdet-ela 0.1) or "
             "dict(type='Affine') (the default)")
 
-    def forward(self, x: Tensor, memory: LayerAttentionMemory) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                memory: LayerAttentionMemory,
+                replay: Optional[OutputReplay] = None) -> Tensor:
         """Attend over ``memory`` plus this unit, then append this unit to it.
 
         Args:
             x (Tensor): block output X_b, [N, C, H, W].
             memory (LayerAttentionMemory): the earlier units of the sequence.
+            replay (OutputReplay, optional): this unit's output replay (from
+                :meth:`output_replay`): it is handed the mixing weights, so
+                that backward computes the output again from them.
 
         Returns:
             Tensor: Z_b, [N, C, H, W].
@@ -533,8 +539,13 @@ class LayerAttention(BaseModule):
         else:
             if self._recomputes_values(x, memory):
                 recomputed = memory.recomputed
-            z, key, value = self._attend(x, memory.keys, memory.values,
-                                         memory.value_grads, recomputed)
+            z, key, value = self._attend(
+                x,
+                memory.keys,
+                memory.values,
+                memory.value_grads,
+                recomputed,
+                replay=replay)
         # A recipe only where values are made again (no cost elsewhere); a
         # memory without one for this value makes no later value again.
         memory.append(
@@ -625,12 +636,13 @@ class LayerAttention(BaseModule):
                 values: List[Tensor],
                 value_grads: Optional[ValueGradients] = None,
                 recomputed: Optional[RecomputedValues] = None,
-                value: Optional[Tensor] = None) -> tuple:
+                value: Optional[Tensor] = None,
+                replay: Optional[OutputReplay] = None) -> tuple:
         """Z, this unit's key and value from ``x`` [N, C, H, W] and the
         memory's ``keys`` and ``values`` (``value_grads``, ``recomputed``:
         see :class:`LayerAttentionMemory`). ``value``: this unit's value
-        V = dwconv(x) [N, C, h, w] if already made (an output replay), else
-        None: made here."""
+        V = dwconv(x) [N, C, h, w] if already made, else None: made here.
+        ``replay``: is handed the affine output's mixing weights."""
         n, c, h, w = x.shape
         d = self.dim_per_head
         if self.compiled and not torch.jit.is_tracing():
@@ -651,7 +663,7 @@ class LayerAttention(BaseModule):
         values = resize_values(values, value.shape[-2:]) + [value]
         if self._affine:
             return self._affine_output(x, attn, values, value_grads,
-                                       recomputed), key, value
+                                       recomputed, replay), key, value
         # Under autocast softmax runs in fp32: mix in the values' dtype so the
         # attention branch does not keep fp32 activations.
         attn = attn.to(value.dtype)
@@ -684,13 +696,13 @@ class LayerAttention(BaseModule):
             self.attention = attn.detach()
         return z, key, value
 
-    def _affine_output(
-            self,
-            x: Tensor,
-            attn: Tensor,
-            values: List[Tensor],
-            value_grads: Optional[ValueGradients] = None,
-            recomputed: Optional[RecomputedValues] = None) -> Tensor:
+    def _affine_output(self,
+                       x: Tensor,
+                       attn: Tensor,
+                       values: List[Tensor],
+                       value_grads: Optional[ValueGradients] = None,
+                       recomputed: Optional[RecomputedValues] = None,
+                       replay: Optional[OutputReplay] = None) -> Tensor:
         """Z = X + DropPath(beta + sum_s (gamma * A[s]) * V_s) in one sum.
 
         Args:
@@ -703,6 +715,8 @@ class LayerAttention(BaseModule):
                 values' gradients (:class:`LayerAttentionMemory`).
             recomputed (RecomputedValues, optional): makes the values again
                 in backward instead of keeping them.
+            replay (OutputReplay, optional): is handed the mixing weights
+                (detached), from which it computes Z again in backward.
 
         Returns:
             Tensor: [N, C, H, W]. At a lower resolution the sum is added to
@@ -720,6 +734,20 @@ class LayerAttention(BaseModule):
             bias = bias * scale  # [N, C]
         dtype = values[-1].dtype
         coef, bias = coef.to(dtype), bias.to(dtype)
+        if replay is not None:
+            replay.weights = (coef.detach(), bias.detach())
+        return self._mix(x, coef, bias, values, value_grads, recomputed)
+
+    def _mix(self,
+             x: Tensor,
+             coef: Tensor,
+             bias: Tensor,
+             values: List[Tensor],
+             value_grads: Optional[ValueGradients] = None,
+             recomputed: Optional[RecomputedValues] = None) -> Tensor:
+        """Z = X + bias + sum_s coef[:, :, s] * V_s from the mixing weights
+        (:meth:`_affine_output`): ``coef`` [N, C, S] and ``bias`` [B, C] in
+        the values' dtype, the other arguments as there."""
         full = values[-1].shape[-2:] == x.shape[-2:]
         residual = x if full else None  # else added by upsample_add
         if values[-1] is x:  # V_b = X: fold the residual into its weight

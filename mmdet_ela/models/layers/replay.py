@@ -7,19 +7,21 @@ one full-size tensor more per unit than the plain stage holds. An
 :class:`OutputReplay` takes Z_b's place among the tensors that block b + 1
 saves (``torch.autograd.graph.saved_tensors_hooks``), and backward computes
 Z_b again from what the unit read in forward: X_b, the memory's keys and
-values. Same values bit for bit (the same ops on the same inputs); the cost is
-one more forward of the unit per unit in backward, less its value
-convolution: the unit's own value is the one forward made (kept, or made again
-once for every unit that reads it, :class:`~.ops.RecomputedValues`).
+values. Same values bit for bit (the same ops on the same inputs). The unit's
+forward hands the replay its mixing weights (``weights``: [N, C, S] and the
+bias, small), so backward makes only the weighted sum again (one pass per
+value), not the attention: a few ops per unit. The unit's own value is the one
+forward made (kept, or made again once for every unit that reads it,
+:class:`~.ops.RecomputedValues`).
 """
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.graph import saved_tensors_hooks
 
-from .ops import RecomputedValues
+from .ops import RecomputedValues, resize_values
 
 if TYPE_CHECKING:
     from .layer_attention import LayerAttentionMemory
@@ -50,6 +52,12 @@ class OutputReplay:
         recomputed (RecomputedValues, optional): the memory's values made
             again in backward.
         sizes (list[torch.Size]): the values' (H, W).
+
+    Attributes:
+        weights (tuple, optional): the affine output's mixing weights
+            (coef [N, C, S], bias [B, C]; detached), set by the unit's
+            forward; without them backward computes the attention again
+            too.
     """
 
     def __init__(self, unit, x: Tensor, keys: List[Tensor],
@@ -74,6 +82,7 @@ class OutputReplay:
         self.own_value: Optional[Tensor] = None
         self.own_value_size: Optional[torch.Size] = None
         self.reads = len(sizes)  # values read from ``recomputed``, if any
+        self.weights: Optional[Tuple[Tensor, Tensor]] = None
 
     def bind(self, z: Tensor, memory: 'LayerAttentionMemory') -> None:
         """Record which tensor is the output (without holding it), and the
@@ -140,6 +149,12 @@ class OutputReplay:
         unit, recorded = self.unit, self.unit.attention
         device, dtype, enabled = self.autocast
         with torch.no_grad(), torch.autocast(device, dtype, enabled):
-            z = unit._attend(self.x, self.keys, values, value=value)[0]
+            if self.weights is None:
+                z = unit._attend(self.x, self.keys, values, value=value)[0]
+            else:  # the weighted sum only, as forward's _mix
+                if value is None:  # V_b = X (or pooled X)
+                    value = unit._value(self.x)
+                values = resize_values(values, value.shape[-2:]) + [value]
+                z = unit._mix(self.x, *self.weights, values)
         unit.attention = recorded  # a replay records nothing
         return z
