@@ -180,13 +180,28 @@ def test_replay_refuses_an_input_changed_in_place(changed):
     h = x * 1
     memory = LayerAttentionMemory()
     replay = unit.output_replay(h, memory)
-    z = unit(h, memory)
+    z = unit(h, memory, replay)
     replay.bind(z, memory)
     with replay.replacing():
         y = F.conv2d(z, torch.ones(8, 8, 1, 1))  # saves z as the replay
     with torch.no_grad():  # what autograd refuses for a saved tensor
         (h if changed == 'input' else memory.values[-1]).add_(1)
     with pytest.raises(RuntimeError, match='modified in place'):
+        y.sum().backward()
+
+
+def test_replay_needs_the_forward_to_hand_it_the_weights():
+    """A replay that the unit's forward was not given has no mixing weights:
+    backward says so instead of computing a wrong output."""
+    unit = LayerAttention(8, dim_per_head=4)
+    h = torch.rand(1, 8, 4, 4, requires_grad=True) * 1
+    memory = LayerAttentionMemory()
+    replay = unit.output_replay(h, memory)
+    z = unit(h, memory)
+    replay.bind(z, memory)
+    with replay.replacing():
+        y = F.conv2d(z, torch.ones(8, 8, 1, 1))
+    with pytest.raises(RuntimeError, match='without the mixing weights'):
         y.sum().backward()
 
 
@@ -202,7 +217,7 @@ def test_an_output_changed_in_place_is_saved_as_it_is():
         memory = LayerAttentionMemory()
         h = x * 1
         replay = unit.output_replay(h, memory)
-        z = unit(h, memory)
+        z = unit(h, memory, replay)
         replay.bind(z, memory)
         with replay.replacing() if replay_on else torch.enable_grad():
             y = F.conv2d(F.relu(z, inplace=True), weight)

@@ -557,17 +557,17 @@ class LayerAttention(BaseModule):
                       memory: LayerAttentionMemory) -> Optional[OutputReplay]:
         """How backward can compute this unit's output again
         (:class:`~.replay.OutputReplay`); call it before :meth:`forward` on
-        the same ``x`` and ``memory``. None where the output cannot be
-        computed again exactly: without autograd, for a BN output (its
-        statistics would update twice), compiled, with drop path active in
-        training (random), or checkpointed (``with_cp``)."""
+        the same ``x`` and ``memory``, and pass it to that call. None where
+        the output cannot be computed again exactly: without autograd, for a
+        BN output (its statistics would update twice), compiled, with drop
+        path active in training (random), or checkpointed (``with_cp``)."""
         rate = getattr(self.drop_path, 'drop_prob', 0.0)
         if (not torch.is_grad_enabled() or not self._affine or self.compiled
                 or self.with_cp or (self.training and rate > 0)):
             return None
         recomputed = memory.recomputed if self._recomputes_values(
             x, memory) else None
-        return OutputReplay(self, x, memory.keys,
+        return OutputReplay(self, x,
                             None if recomputed is not None else memory.values,
                             recomputed, [v.shape[-2:] for v in memory.values])
 
@@ -636,13 +636,11 @@ class LayerAttention(BaseModule):
                 values: List[Tensor],
                 value_grads: Optional[ValueGradients] = None,
                 recomputed: Optional[RecomputedValues] = None,
-                value: Optional[Tensor] = None,
                 replay: Optional[OutputReplay] = None) -> tuple:
         """Z, this unit's key and value from ``x`` [N, C, H, W] and the
         memory's ``keys`` and ``values`` (``value_grads``, ``recomputed``:
-        see :class:`LayerAttentionMemory`). ``value``: this unit's value
-        V = dwconv(x) [N, C, h, w] if already made, else None: made here.
-        ``replay``: is handed the affine output's mixing weights."""
+        see :class:`LayerAttentionMemory`). ``replay``: is handed the affine
+        output's mixing weights."""
         n, c, h, w = x.shape
         d = self.dim_per_head
         if self.compiled and not torch.jit.is_tracing():
@@ -651,8 +649,7 @@ class LayerAttention(BaseModule):
         # broadcast view, not a materialised [N, C, H, W] tensor.
         y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
         query, key = query_key(y, self.query_key_weights(), d)  # [N, G, d]
-        if value is None:  # [N, C, h, w]; h = H at value_stride 1
-            value = self._value(x)
+        value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
 
         attn = attention(query, list(keys) + [key])  # [N, G, S]
         if self.recording:

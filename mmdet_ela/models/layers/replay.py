@@ -36,16 +36,16 @@ def _signature(t: Tensor) -> tuple:
 class OutputReplay:
     """Unit ``unit``'s output, computed again in backward.
 
-    Holds what the unit read and its own value V_b (see :meth:`bind`), all
-    detached (the backward graph holds this object, and a graph reachable
-    from here would be a reference cycle that Python's garbage collector
-    cannot see), never the output itself.
+    Holds the unit's input, the values it read, its own value V_b (see
+    :meth:`bind`) and its mixing weights, all detached (the backward graph
+    holds this object, and a graph reachable from here would be a reference
+    cycle that Python's garbage collector cannot see), never the output
+    itself.
 
     Args:
         unit (LayerAttention): the unit (affine output, uncompiled, no
             active drop path: its forward is deterministic).
         x (Tensor): its input X_b, [N, C, H, W].
-        keys (list[Tensor]): the memory's keys before the unit, [N, G, d].
         values (list[Tensor], optional): the memory's values before the unit
             (kept from forward anyway); None where ``recomputed`` makes them
             again.
@@ -54,19 +54,16 @@ class OutputReplay:
         sizes (list[torch.Size]): the values' (H, W).
 
     Attributes:
-        weights (tuple, optional): the affine output's mixing weights
-            (coef [N, C, S], bias [B, C]; detached), set by the unit's
-            forward; without them backward computes the attention again
-            too.
+        weights (tuple): the affine output's mixing weights (coef [N, C, S],
+            bias [B, C]; detached), set by the unit's forward (the replay is
+            passed to it).
     """
 
-    def __init__(self, unit, x: Tensor, keys: List[Tensor],
-                 values: Optional[List[Tensor]],
+    def __init__(self, unit, x: Tensor, values: Optional[List[Tensor]],
                  recomputed: Optional[RecomputedValues],
                  sizes: List[torch.Size]) -> None:
         self.unit = unit
         self.x = x.detach()
-        self.keys = [k.detach() for k in keys]
         self.values = None if values is None else [v.detach() for v in values]
         self.recomputed = recomputed
         self.sizes = sizes
@@ -130,8 +127,13 @@ class OutputReplay:
 
         Raises:
             RuntimeError: the unit's input or a kept value was modified in
-                place since (as autograd refuses a saved tensor that was).
+                place since (as autograd refuses a saved tensor that was), or
+                the unit's forward was not handed this replay.
         """
+        if self.weights is None:
+            raise RuntimeError(
+                'ELA: an output replay without the mixing weights: pass it '
+                'to the unit\'s forward, unit(x, memory, replay)')
         if [t._version for t in self.checked] != self.versions:
             raise RuntimeError(
                 'ELA: a block output or a stored value was modified in place '
@@ -146,15 +148,9 @@ class OutputReplay:
             ]
         if self.own_value_size is not None:
             value = self.recomputed.get(len(self.sizes), self.own_value_size)
-        unit, recorded = self.unit, self.unit.attention
         device, dtype, enabled = self.autocast
         with torch.no_grad(), torch.autocast(device, dtype, enabled):
-            if self.weights is None:
-                z = unit._attend(self.x, self.keys, values, value=value)[0]
-            else:  # the weighted sum only, as forward's _mix
-                if value is None:  # V_b = X (or pooled X)
-                    value = unit._value(self.x)
-                values = resize_values(values, value.shape[-2:]) + [value]
-                z = unit._mix(self.x, *self.weights, values)
-        unit.attention = recorded  # a replay records nothing
-        return z
+            if value is None:  # V_b = X (or pooled X)
+                value = self.unit._value(self.x)
+            values = resize_values(values, value.shape[-2:]) + [value]
+            return self.unit._mix(self.x, *self.weights, values)
