@@ -6,11 +6,11 @@ beside the block output X_b, which the block's ReLU and the unit keep anyway:
 one full-size tensor more per unit than the plain stage holds. An
 :class:`OutputReplay` takes Z_b's place among the tensors that block b + 1
 saves (``torch.autograd.graph.saved_tensors_hooks``), and backward computes
-Z_b again from what the unit read in forward: X_b, the memory's keys and
-values. Same values bit for bit (the same ops on the same inputs). The unit's
-forward hands the replay its mixing weights (``weights``: [N, C, S] and the
-bias, small), so backward makes only the weighted sum again (one pass per
-value), not the attention: a few ops per unit. The unit's own value is the one
+Z_b again from X_b, the memory's values and the mixing weights that the
+unit's forward hands the replay (``weights``: [N, C, S] and the bias, small):
+the same op on the same inputs, so the same values bit for bit. Only the
+weighted sum runs again (one pass per value), not the attention: a few ops
+per unit. The unit's own value is the one
 forward made (kept, or made again once for every unit that reads it,
 :class:`~.ops.RecomputedValues`).
 """
