@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name='mmdet-ela',
-    version='0.3.11',
+    version='0.3.12',
     description='Efficient Layer Attention (ELA) for MMDetection 3.x',
     packages=find_packages(include=['mmdet_ela', 'mmdet_ela.*']),
     python_requires='>=3.8',

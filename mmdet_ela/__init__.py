@@ -13,4 +13,4 @@ register_safe_local_loader()
 
 from . import engine, models  # noqa: E402,F401  (registers the modules)
 
-__version__ = '0.3.11'
+__version__ = '0.3.12'

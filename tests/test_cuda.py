@@ -96,11 +96,14 @@ def test_cuda_unit_gradients_and_autocast(norm, value_conv, value_stride):
     assert unit.norm.weight.grad.isfinite().all()
 
 
-@pytest.mark.parametrize('value_conv, value_stride', [(True, 1), (False, 1),
-                                                      (True, 2)])
-def test_cuda_compiled_unit_matches_eager(value_conv, value_stride):
+@pytest.mark.parametrize('value_conv, value_stride, recompute',
+                         [(True, 1, None), (False, 1, None), (True, 2, None),
+                          (True, 1, False)])
+def test_cuda_compiled_unit_matches_eager(value_conv, value_stride, recompute):
     """attn_compile on CUDA (Triton): outputs and gradients as eager, in
-    fp32 and under autocast."""
+    fp32 and under autocast; the small ops compiled (values made again, the
+    CUDA default) or the whole unit (values kept, or no value
+    convolution)."""
     from mmdet_ela.models.layers import LayerAttention, LayerAttentionMemory
     torch.manual_seed(0)
     kwargs = dict(
@@ -111,7 +114,8 @@ def test_cuda_compiled_unit_matches_eager(value_conv, value_stride):
     eager = LayerAttention(**kwargs).cuda()
     torch.nn.init.normal_(eager.norm.weight)
     torch.nn.init.normal_(eager.norm.bias)
-    compiled = LayerAttention(compiled=True, **kwargs).cuda()
+    compiled = LayerAttention(
+        compiled=True, recompute_values=recompute, **kwargs).cuda()
     compiled.load_state_dict(eager.state_dict())
     xs = [
         torch.randn(2, 64, 12, 10, device='cuda', requires_grad=True)

@@ -287,7 +287,6 @@ def test_recomputed_values_in_two_backward_passes():
     dict(recompute_values=1),
     dict(recompute_values=True, norm_cfg=dict(type='BN')),
     dict(recompute_values=True, value_conv=False),
-    dict(recompute_values=True, compiled=True),
 ])
 def test_bad_recompute_values(kwargs):
     with pytest.raises(ValueError, match='attn_recompute_values'):
@@ -295,8 +294,7 @@ def test_bad_recompute_values(kwargs):
     names = dict(
         recompute_values='attn_recompute_values',
         norm_cfg='attn_norm_cfg',
-        value_conv='attn_value_conv',
-        compiled='attn_compile')
+        value_conv='attn_value_conv')
     options = {names[k]: v for k, v in kwargs.items()}
     with pytest.raises(ValueError, match='attn_recompute_values'):
         ELAFPN([64, 128], 32, num_outs=2, **options)

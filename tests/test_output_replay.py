@@ -254,7 +254,6 @@ def test_recompute_outputs_by_default_on_cuda_only():
     dict(attn_recompute_outputs='yes'),
     dict(attn_recompute_outputs=1),
     dict(attn_recompute_outputs=True, attn_norm_cfg=dict(type='BN')),
-    dict(attn_recompute_outputs=True, attn_compile=True),
 ])
 def test_bad_recompute_outputs(kwargs):
     with pytest.raises(ValueError, match='attn_recompute_outputs'):

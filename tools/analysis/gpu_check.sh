@@ -18,7 +18,9 @@
 #                     and which ops and kernels grew
 #   bench_retinanet_compile
 #                     bench_retinanet with attn_compile=True (torch.compile, Triton: fewer
-#                     and fused kernels), with --kernel-time 2
+#                     and fused kernels), with --kernel-time 2: dense and pruned compile
+#                     the small ops (values and outputs made again, the CUDA default),
+#                     alt the whole unit (values and outputs kept)
 #   test_cuda_compile pytest tests/test_cuda.py -k compiled (slow: every shape and dtype
 #                     compiles)                                        test_cuda_compile.xml
 #   bench_retinanet   the same RetinaNet benchmark, 10 rounds (the CUDA targets)
@@ -125,9 +127,11 @@ step bench_retinanet_ops 1 "$PY" tools/analysis/benchmark.py --warmup 3 --repeat
   --img-size 800 1333 --batch-size 2 --device cuda --amp --variants plain dense pruned \
   --out "$OUT_DIR/bench_retinanet_r50_amp_ops.json" --op-costs 1 --kernel-time 2
 step bench_retinanet_compile 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 \
-  --batch-size 2 --device cuda --amp --variants plain dense pruned \
+  --batch-size 2 --device cuda --amp --variants plain dense pruned alt \
   --out "$OUT_DIR/bench_retinanet_r50_amp_compile.json" \
-  --kernel-time 2 --cfg-options model.backbone.attn_compile=True
+  --kernel-time 2 --cfg-options model.backbone.attn_compile=True \
+  --alt-options model.backbone.attn_recompute_values=False \
+  model.backbone.attn_recompute_outputs=False
 step test_cuda_compile 1 "$PY" -m pytest -q -rfE --tb=short tests/test_cuda.py -k compiled \
   --junitxml="$OUT_DIR/test_cuda_compile.xml"
 step bench_retinanet 1 "$PY" "${BENCH[@]}" "$RETINA_CFG" --img-size 800 1333 --batch-size 2 \

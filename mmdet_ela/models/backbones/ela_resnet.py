@@ -131,24 +131,25 @@ class ELAResNet(ResNet):
             output at the features' resolution; 2: at half of it (a stride-2
             value convolution, the output upsampled by 2 x 2 blocks), cheaper.
             Default: 1.
-        attn_compile (bool): run the units' attention and affine output
-            through ``torch.compile`` (the first steps compile; pruning
-            compiles again). Affine output only. Default: False.
+        attn_compile (bool): run the units through ``torch.compile``: all
+            but the value convolution, or only the small ops (query, key,
+            attention, mixing weights) where values or outputs are made
+            again in backward (the first steps compile; pruning compiles
+            again). Affine output only. Default: False.
         attn_recompute_values (bool, optional): the units make their values
             again in backward instead of keeping them from forward: one
             full-size tensor less per unit between forward and backward, one
             depthwise convolution more per unit. None: on CUDA only (on CPU
             that convolution is the unit's costliest op). True needs the
-            affine output, the value convolution and ``attn_compile=False``.
-            Default: None.
+            affine output and the value convolution. Default: None.
         attn_recompute_outputs (bool, optional): each unit's output (but
             the last of a stage) is computed again in backward, where the
             next block's first convolution needs it, instead of being kept
             from forward: one full-size tensor less per unit between forward
             and backward, one more forward of the unit in backward. Same
             values bit for bit. Units with drop path active keep theirs.
-            None: on CUDA only. True needs the affine output and
-            ``attn_compile=False``. Default: None.
+            None: on CUDA only. True needs the affine output. Default:
+            None.
         **kwargs: the arguments of :class:`mmdet.models.ResNet`.
 
     Example:
@@ -177,9 +178,9 @@ class ELAResNet(ResNet):
         check_value_stride('ELAResNet', attn_value_stride)
         check_compile('ELAResNet', attn_compile, attn_norm_cfg)
         check_recompute_values('ELAResNet', attn_recompute_values,
-                               attn_norm_cfg, attn_value_conv, attn_compile)
+                               attn_norm_cfg, attn_value_conv)
         check_recompute_outputs('ELAResNet', attn_recompute_outputs,
-                                attn_norm_cfg, attn_compile)
+                                attn_norm_cfg)
         if stage_with_attention is None:
             stage_with_attention = [i >= frozen for i in range(num_stages)]
         stage_with_attention = self._check_stages(stage_with_attention,

@@ -34,8 +34,8 @@ class LayerAttentionStack(BaseModule):
         value_stride (int): each unit's values at 1/value_stride of the
             resolution (see :class:`LayerAttention`).
         with_cp (bool): gradient checkpointing of the units.
-        compiled (bool): the units' attention and output through
-            ``torch.compile`` (affine output only).
+        compiled (bool): the units through ``torch.compile`` (affine
+            output only; see :class:`LayerAttention`).
         recompute_values (bool, optional): the units make their values
             again in backward (None: on CUDA only).
     """

@@ -21,11 +21,10 @@ from mmengine.model import BaseModule, constant_init
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .compiled import compiled_affine_attend
+from .compiled import affine_attend, mixing_weights, run_compiled
 from .ops import (AffineMix, DepthwiseConvSplitBackward, RecomputedValues,
                   ValueGradients, ValueRecipe, WeightedSumOverMemory,
-                  affine_mix, attention, channel_weights, mix_values,
-                  query_key, resize_values)
+                  affine_mix, attention, mix_values, query_key, resize_values)
 from .replay import OutputReplay
 
 
@@ -120,39 +119,37 @@ def check_value_stride(owner: str, stride) -> None:
             'features\' resolution) or 2 (values at half of it)')
 
 
-def check_recompute_values(owner: str, recompute, norm_cfg, value_conv,
-                           compiled) -> None:
+def check_recompute_values(owner: str, recompute, norm_cfg,
+                           value_conv) -> None:
     """A ``ValueError`` naming ``owner`` unless ``recompute`` is None, False,
-    or True for a unit that can make its values again (the affine output,
-    a value convolution, uncompiled)."""
+    or True for a unit that can make its values again (the affine output
+    with a value convolution)."""
     if recompute is not None and not isinstance(recompute, bool):
         raise ValueError(f'{owner}: attn_recompute_values={recompute!r} must '
                          'be None (on CUDA only), True or False')
-    if recompute and (not isinstance(norm_cfg, dict) or norm_cfg.get('type')
-                      != 'Affine' or not value_conv or compiled):
+    if recompute and (not isinstance(norm_cfg, dict)
+                      or norm_cfg.get('type') != 'Affine' or not value_conv):
         raise ValueError(
             f'{owner}: attn_recompute_values=True makes the values of the '
             'affine output\'s value convolution again in backward, but '
-            f'attn_norm_cfg={norm_cfg!r}, attn_value_conv={value_conv!r}, '
-            f'attn_compile={compiled!r}; use dict(type=\'Affine\') (the '
-            'default), attn_value_conv=True and attn_compile=False, or '
-            'attn_recompute_values=None')
+            f'attn_norm_cfg={norm_cfg!r}, attn_value_conv={value_conv!r}; '
+            'use dict(type=\'Affine\') (the default) and '
+            'attn_value_conv=True, or attn_recompute_values=None')
 
 
-def check_recompute_outputs(owner: str, recompute, norm_cfg, compiled) -> None:
+def check_recompute_outputs(owner: str, recompute, norm_cfg) -> None:
     """A ``ValueError`` naming ``owner`` unless ``recompute`` is None, False,
     or True for units whose output can be computed again (the affine
-    output, uncompiled)."""
+    output)."""
     if recompute is not None and not isinstance(recompute, bool):
         raise ValueError(f'{owner}: attn_recompute_outputs={recompute!r} '
                          'must be None (on CUDA only), True or False')
     if recompute and (not isinstance(norm_cfg, dict)
-                      or norm_cfg.get('type') != 'Affine' or compiled):
+                      or norm_cfg.get('type') != 'Affine'):
         raise ValueError(
             f'{owner}: attn_recompute_outputs=True computes the units\' '
-            'affine output again in backward, but '
-            f'attn_norm_cfg={norm_cfg!r}, attn_compile={compiled!r}; use '
-            'dict(type=\'Affine\') (the default) and attn_compile=False, or '
+            f'affine output again in backward, but attn_norm_cfg={norm_cfg!r}'
+            '; use dict(type=\'Affine\') (the default), or '
             'attn_recompute_outputs=None')
 
 
@@ -310,10 +307,12 @@ class LayerAttention(BaseModule):
             backward instead of keeping them from forward (one depthwise
             convolution per unit more; one full-size tensor per unit less
             between forward and backward). None: on CUDA only. True needs
-            the affine output, a value convolution and ``compiled=False``.
-            Default: None.
-        compiled (bool): run the attention and the affine output through
-            ``torch.compile`` (:mod:`.compiled`); the affine output only.
+            the affine output and a value convolution. Default: None.
+        compiled (bool): run the unit through ``torch.compile``
+            (:mod:`.compiled`): all of it but the value convolution where
+            it keeps its values and output for backward; only its small ops
+            (query, key, attention, mixing weights) where it makes them again
+            (``recompute_values``, an output replay). The affine output only.
             Default: False.
         init_cfg (dict, optional): mmengine init config. Default: None.
 
@@ -343,7 +342,7 @@ class LayerAttention(BaseModule):
         check_value_stride('LayerAttention', value_stride)
         check_compile('LayerAttention', compiled, norm_cfg)
         check_recompute_values('LayerAttention', recompute_values, norm_cfg,
-                               value_conv, compiled)
+                               value_conv)
         if (isinstance(dim_per_head, bool)
                 or not isinstance(dim_per_head, int) or dim_per_head <= 0
                 or channels % dim_per_head != 0):
@@ -559,11 +558,11 @@ class LayerAttention(BaseModule):
         (:class:`~.replay.OutputReplay`); call it before :meth:`forward` on
         the same ``x`` and ``memory``, and pass it to that call. None where
         the output cannot be computed again exactly: without autograd, for a
-        BN output (its statistics would update twice), compiled, with drop
+        BN output (its statistics would update twice), with drop
         path active in training (random), or checkpointed (``with_cp``)."""
         rate = getattr(self.drop_path, 'drop_prob', 0.0)
-        if (not torch.is_grad_enabled() or not self._affine or self.compiled
-                or self.with_cp or (self.training and rate > 0)):
+        if (not torch.is_grad_enabled() or not self._affine or self.with_cp
+                or (self.training and rate > 0)):
             return None
         recomputed = memory.recomputed if self._recomputes_values(
             x, memory) else None
@@ -583,13 +582,13 @@ class LayerAttention(BaseModule):
         By default (``recompute_values=None``) on CUDA, where memory is what
         limits training and the depthwise convolution is one cheap pass; on
         CPU that convolution is the unit's costliest op. Only with autograd
-        on, for the affine output with a value convolution, uncompiled, and
-        when every earlier value of ``memory`` can be made again."""
+        on, for the affine output with a value convolution, and when every
+        earlier value of ``memory`` can be made again."""
         wanted = self.recompute_values
         if wanted is None:
             wanted = x.device.type == 'cuda'
         return (wanted and torch.is_grad_enabled() and self._affine
-                and self.value is not None and not self.compiled
+                and self.value is not None
                 and memory.recomputed.covers(len(memory)))
 
     def _value_recipe(self, x: Tensor, value: Tensor) -> ValueRecipe:
@@ -640,18 +639,22 @@ class LayerAttention(BaseModule):
         """Z, this unit's key and value from ``x`` [N, C, H, W] and the
         memory's ``keys`` and ``values`` (``value_grads``, ``recomputed``:
         see :class:`LayerAttentionMemory`). ``replay``: is handed the affine
-        output's mixing weights."""
-        n, c, h, w = x.shape
-        d = self.dim_per_head
-        if self.compiled and not torch.jit.is_tracing():
+        output's mixing weights (detached), from which it computes Z again
+        in backward."""
+        if (self.compiled and recomputed is None and replay is None
+                and not torch.jit.is_tracing()):
             return self._compiled_attend(x, keys, values)
+        h, w = x.shape[-2:]
         # GAP as sum / (H W): same values as mean, but its backward is a
         # broadcast view, not a materialised [N, C, H, W] tensor.
         y = x.sum(dim=(2, 3)) / (h * w)  # [N, C]
-        query, key = query_key(y, self.query_key_weights(), d)  # [N, G, d]
         value = self._value(x)  # [N, C, h, w]; h = H at value_stride 1
-
-        attn = attention(query, list(keys) + [key])  # [N, G, S]
+        if self._affine:
+            key, attn, coef, bias = self._mixing_weights(y, keys, value.dtype)
+        else:
+            query, key = query_key(y, self.query_key_weights(),
+                                   self.dim_per_head)  # [N, G, d]
+            attn = attention(query, list(keys) + [key])  # [N, G, S]
         if self.recording:
             self.attention = attn.detach()
 
@@ -659,8 +662,10 @@ class LayerAttention(BaseModule):
             value_grads = None  # resized copies: not the stored tensors
         values = resize_values(values, value.shape[-2:]) + [value]
         if self._affine:
-            return self._affine_output(x, attn, values, value_grads,
-                                       recomputed, replay), key, value
+            if replay is not None:
+                replay.weights = (coef.detach(), bias.detach())
+            return self._mix(x, coef, bias, values, value_grads,
+                             recomputed), key, value
         # Under autocast softmax runs in fp32: mix in the values' dtype so the
         # attention branch does not keep fp32 activations.
         attn = attn.to(value.dtype)
@@ -672,68 +677,44 @@ class LayerAttention(BaseModule):
         return upsample_add(x, self.drop_path(self._normalize(out))), key, \
             value
 
+    def _mixing_weights(self, y: Tensor, keys: List[Tensor],
+                        dtype: torch.dtype) -> tuple:
+        """The affine output's key, attention and mixing weights from GAP
+        ``y`` [N, C] (:func:`~.compiled.mixing_weights`; through
+        ``torch.compile`` for a compiled unit): key [N, G, d], A [N, G, S],
+        coef [N, C, S] and bias [B, C] in ``dtype``, drop path included
+        (B = N where it is active, else 1)."""
+        args = (y, self.query_key_weights(), self.norm.weight, self.norm.bias,
+                self._drop_path_scale(y), list(keys), self.dim_per_head, dtype)
+        if self.compiled and not torch.jit.is_tracing():
+            return run_compiled(mixing_weights, *args)
+        return mixing_weights(*args)
+
     def _compiled_attend(self, x: Tensor, keys: List[Tensor],
                          values: List[Tensor]) -> tuple:
-        """:meth:`_attend` with the affine output through ``torch.compile``;
-        the value convolution stays eager."""
+        """:meth:`_attend` with the whole affine unit through
+        ``torch.compile`` (:func:`~.compiled.affine_attend`); the value
+        convolution stays eager. For a unit that keeps its values and its
+        output for backward."""
         value = self._value(x)
         values = resize_values(values, value.shape[-2:])
-        rate = getattr(self.drop_path, 'drop_prob', 0.0)
-        scale = None
-        if self.training and rate > 0:
-            keep = 1.0 - rate
-            scale = (keep + torch.rand(
-                x.shape[0], 1, device=x.device)).floor_() / keep  # [N, 1]
-        z, key, attn = compiled_affine_attend(x, value,
-                                              self.query_key_weights(),
-                                              self.norm.weight, self.norm.bias,
-                                              scale, list(keys), values,
-                                              self.dim_per_head)
+        z, key, attn = run_compiled(affine_attend, x, value,
+                                    self.query_key_weights(), self.norm.weight,
+                                    self.norm.bias, self._drop_path_scale(x),
+                                    list(keys), values, self.dim_per_head)
         if self.recording:
             self.attention = attn.detach()
         return z, key, value
 
-    def _affine_output(self,
-                       x: Tensor,
-                       attn: Tensor,
-                       values: List[Tensor],
-                       value_grads: Optional[ValueGradients] = None,
-                       recomputed: Optional[RecomputedValues] = None,
-                       replay: Optional[OutputReplay] = None) -> Tensor:
-        """Z = X + DropPath(beta + sum_s (gamma * A[s]) * V_s) in one sum.
-
-        Args:
-            x (Tensor): [N, C, H, W].
-            attn (Tensor): [N, G, S].
-            values (list[Tensor]): S tensors [N, C, h, w] (h = H without a
-                value stride); the last is this unit's (``x`` itself without
-                a value convolution and stride).
-            value_grads (ValueGradients, optional): where a chain sums the
-                values' gradients (:class:`LayerAttentionMemory`).
-            recomputed (RecomputedValues, optional): makes the values again
-                in backward instead of keeping them.
-            replay (OutputReplay, optional): is handed the mixing weights
-                (detached), from which it computes Z again in backward.
-
-        Returns:
-            Tensor: [N, C, H, W]. At a lower resolution the sum is added to
-            ``x`` by :func:`upsample_add`.
-        """
-        n = attn.shape[0]
-        norm = self.norm
-        coef = channel_weights(attn, norm.weight)  # [N, C, S]
-        bias = norm.bias[None]  # [1, C]
+    def _drop_path_scale(self, y: Tensor) -> Optional[Tensor]:
+        """Drop path's scale per sample of ``y`` (first dimension N), [N,
+        1]: 0 or 1 / keep; None unless active (training, a rate > 0)."""
         rate = getattr(self.drop_path, 'drop_prob', 0.0)  # Identity: none
-        if self.training and rate > 0:
-            keep = 1.0 - rate
-            scale = (keep + torch.rand(n, 1, device=x.device)).floor_() / keep
-            coef = coef * scale[:, :, None]
-            bias = bias * scale  # [N, C]
-        dtype = values[-1].dtype
-        coef, bias = coef.to(dtype), bias.to(dtype)
-        if replay is not None:
-            replay.weights = (coef.detach(), bias.detach())
-        return self._mix(x, coef, bias, values, value_grads, recomputed)
+        if not self.training or rate <= 0:
+            return None
+        keep = 1.0 - rate
+        return (keep +
+                torch.rand(y.shape[0], 1, device=y.device)).floor_() / keep
 
     def _mix(self,
              x: Tensor,
@@ -743,7 +724,7 @@ class LayerAttention(BaseModule):
              value_grads: Optional[ValueGradients] = None,
              recomputed: Optional[RecomputedValues] = None) -> Tensor:
         """Z = X + bias + sum_s coef[:, :, s] * V_s from the mixing weights
-        (:meth:`_affine_output`): ``coef`` [N, C, S] and ``bias`` [B, C] in
+        (:meth:`_mixing_weights`): ``coef`` [N, C, S] and ``bias`` [B, C] in
         the values' dtype, the other arguments as there."""
         full = values[-1].shape[-2:] == x.shape[-2:]
         residual = x if full else None  # else added by upsample_add

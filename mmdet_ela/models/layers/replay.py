@@ -43,8 +43,8 @@ class OutputReplay:
     itself.
 
     Args:
-        unit (LayerAttention): the unit (affine output, uncompiled, no
-            active drop path: its forward is deterministic).
+        unit (LayerAttention): the unit (affine output, no active drop
+            path: its forward is deterministic).
         x (Tensor): its input X_b, [N, C, H, W].
         values (list[Tensor], optional): the memory's values before the unit
             (kept from forward anyway); None where ``recomputed`` makes them

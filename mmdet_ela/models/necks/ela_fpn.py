@@ -42,8 +42,8 @@ class ELAFPN(FPN):
             output at the features' resolution; 2: at half of it (a stride-2
             value convolution, the output upsampled by 2 x 2 blocks), cheaper.
             Default: 1.
-        attn_compile (bool): the units' attention and affine output through
-            ``torch.compile``. Affine output only. Default: False.
+        attn_compile (bool): the units through ``torch.compile`` (see
+            :class:`ELAResNet`). Affine output only. Default: False.
         attn_recompute_values (bool, optional): the units make their values
             again in backward instead of keeping them (see
             :class:`ELAResNet`). None: on CUDA only. Default: None.
@@ -79,7 +79,7 @@ class ELAFPN(FPN):
         check_value_stride('ELAFPN', attn_value_stride)
         check_compile('ELAFPN', attn_compile, attn_norm_cfg)
         check_recompute_values('ELAFPN', attn_recompute_values, attn_norm_cfg,
-                               attn_value_conv, attn_compile)
+                               attn_value_conv)
         last = max(self.num_outs - 1, 1)
         self.attn = LayerAttentionStack(
             [self.out_channels] * self.num_outs,
