@@ -16,6 +16,7 @@ import torch
 from helpers import PYTHON, ROOT, SHAPES_CONFIG, run_env, tiny_config
 from mmengine.config import Config
 
+from mmdet_ela.analysis.benchmark import compiled_op_costs_note
 from mmdet_ela.analysis.kernel_time import (busy_us, kernel_deltas,
                                             kernel_times, summary_line)
 from mmdet_ela.analysis.memory import peak_allocated_bytes
@@ -281,6 +282,17 @@ def test_op_costs_attribute_the_extra_ops():
     assert op_split(costs, 'base', base='more')['extra_calls_ms'] < 0
     with pytest.raises(ValueError, match='rounds=0'):
         op_costs(dict(base=base), 0, torch.device('cpu'))
+
+
+def test_op_costs_note_names_the_compiled_variants():
+    """--op-costs counts compiled units as eager ones (torch.compile does
+    not run under a dispatch mode): the benchmark says so, per variant."""
+    from mmdet_ela.models import ELAResNet
+    models = dict(
+        dense=ELAResNet(depth=18), alt=ELAResNet(depth=18, attn_compile=True))
+    note = compiled_op_costs_note(models)
+    assert note.startswith('--op-costs: the units of alt are compiled')
+    assert compiled_op_costs_note(dict(dense=models['dense'])) is None
 
 
 def test_kernel_time_busy_union_and_deltas():

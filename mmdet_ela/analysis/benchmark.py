@@ -155,6 +155,22 @@ def _time(s: BenchmarkSettings, works: Dict[str, Workload],
         variants[name]['train_faults_all'] = counts
 
 
+def compiled_op_costs_note(models: Dict[str, nn.Module]) -> Optional[str]:
+    """A note for ``--op-costs`` where a variant's units are compiled
+    (``attn_compile``): ``torch.compile`` does not run under a dispatch
+    mode, so their ops are counted and timed as eager ones."""
+    names = [
+        name for name, model in models.items() if any(
+            getattr(m, 'compiled', False) is True for m in model.modules())
+    ]
+    if not names:
+        return None
+    return (f'--op-costs: the units of {", ".join(names)} are compiled, but '
+            'torch.compile does not run under op-by-op timing: their ops '
+            'are counted and timed as eager ones (--kernel-time profiles '
+            'the compiled code)')
+
+
 def _op_costs(s: BenchmarkSettings,
               works: Dict[str, Workload]) -> Optional[Dict[str, Any]]:
     """Each variant's train step op by op: the ops that grew most against
@@ -280,6 +296,9 @@ def run_benchmark(s: BenchmarkSettings) -> Dict[str, Any]:
     }
     _time(s, works, variants)
     ops = _op_costs(s, works)
+    if ops is not None:
+        note = compiled_op_costs_note({n: w.model for n, w in works.items()})
+        notes += [note] if note else []
     kernels = _kernel_time(s, works)
     memory_method = _memory(s, works, masks, variants)
     add_ratios(variants, 'plain')

@@ -12,6 +12,8 @@ both that got slower (e.g. by faulting in fresh pages).
 Timing ops one by one from Python slows small ops down (each op pays for the
 dispatch to this mode); compare the variants' rows with each other, not with
 the benchmark's step times. On CUDA each op is synchronised before and after.
+``torch.compile``'d code does not run under a dispatch mode: compiled units
+run (and are counted) as eager ones here.
 """
 import time
 from collections import defaultdict
