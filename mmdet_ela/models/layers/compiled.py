@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .ops import attention, channel_weights, query_key
 
-#: Graphs allowed for :func:`mixing_weights` (torch's default of 8 is fewer
+#: Graphs allowed for each compiled function (torch's default of 8 is fewer
 #: than the memory lengths x widths x grad modes of one detector).
 RECOMPILE_LIMIT = 64
 

@@ -723,9 +723,26 @@ class LayerAttention(BaseModule):
              values: List[Tensor],
              value_grads: Optional[ValueGradients] = None,
              recomputed: Optional[RecomputedValues] = None) -> Tensor:
-        """Z = X + bias + sum_s coef[:, :, s] * V_s from the mixing weights
-        (:meth:`_mixing_weights`): ``coef`` [N, C, S] and ``bias`` [B, C] in
-        the values' dtype, the other arguments as there."""
+        """Z = X + bias + sum_s coef[:, :, s] * V_s, the affine output in one
+        sum.
+
+        Args:
+            x (Tensor): [N, C, H, W].
+            coef (Tensor): the mixing weights (:meth:`_mixing_weights`),
+                [N, C, S], in the values' dtype.
+            bias (Tensor): [B, C] (B = 1 or N), in the values' dtype.
+            values (list[Tensor]): S tensors [N, C, h, w] (h = H without a
+                value stride); the last is this unit's (``x`` itself without
+                a value convolution and stride).
+            value_grads (ValueGradients, optional): where a chain sums the
+                values' gradients (:class:`LayerAttentionMemory`).
+            recomputed (RecomputedValues, optional): makes the values again
+                in backward instead of keeping them.
+
+        Returns:
+            Tensor: [N, C, H, W]. At a lower resolution the sum is added to
+            ``x`` by :func:`upsample_add`.
+        """
         full = values[-1].shape[-2:] == x.shape[-2:]
         residual = x if full else None  # else added by upsample_add
         if values[-1] is x:  # V_b = X: fold the residual into its weight
