@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from mmdet_ela.models.layers import LayerAttention
 from mmdet_ela.pruning import (count_units, get_masks, load_masks, make_record,
                                score_model)
 from mmdet_ela.utils import keep_freed_memory
@@ -161,7 +162,8 @@ def compiled_op_costs_note(models: Dict[str, nn.Module]) -> Optional[str]:
     mode, so their ops are counted and timed as eager ones."""
     names = [
         name for name, model in models.items() if any(
-            getattr(m, 'compiled', False) is True for m in model.modules())
+            isinstance(m, LayerAttention) and m.compiled
+            for m in model.modules())
     ]
     if not names:
         return None
